@@ -1,0 +1,52 @@
+# trtkit: every install step lives here. `make build-engine` and `make test` work on a fresh machine
+# that has nothing but Python 3.10+.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first, and only if it is not importable: a bare `torch` requirement pulls a CUDA build (GBs).
+TORCH_SPEC ?= torch==2.13.0
+MODEL  ?=
+OUT    ?= build/engine
+SRC    ?= build/tiny-src
+
+.PHONY: setup setup-test test build-engine bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.core
+
+setup-test: $(VENV)/.test
+
+test: setup-test
+	$(BIN)/python -m pytest -q tests
+
+# The main job: checkpoint in, NVFP4 checkpoint out. MODEL=path converts your own gpt-oss folder;
+# without it the embedded tiny default is synthesized first.
+build-engine: setup
+ifeq ($(strip $(MODEL)),)
+	$(BIN)/trtkit synth --shape tiny --force $(SRC)
+	$(BIN)/trtkit convert --force $(SRC) $(OUT)
+else
+	$(BIN)/trtkit convert --force $(MODEL) $(OUT)
+endif
+
+bench: setup-test
+	$(BIN)/python bench/run.py
+
+lint: setup-test
+	$(BIN)/python -m ruff check plugins builder recipes deploy trtkit tests bench
+	$(BIN)/python -m pytest -q tests/test_layering.py
+
+clean:
+	rm -rf build

@@ -1,0 +1,1 @@
+"""Layer 2: model spec, checkpoint I/O, conversion, synthetic checkpoints. Imports only `plugins`."""

@@ -1,0 +1,158 @@
+"""Reading a gpt-oss checkpoint folder lazily, with strict accounting of every tensor.
+
+The folder states its own format: `config.json`'s `quantization_config.quant_method` (`mxfp4` for the
+release, `modelopt` for NVFP4, absent for BF16); the tensor tables of `builder.layout` then say what
+must be there, and anything missing, unexpected, or of the wrong dtype/shape is reported in full.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from builder.errors import CheckpointError
+from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors
+from builder.safetensors_io import ShardHeader, check_finite, read_header
+from builder.spec import ModelSpec, read_config
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+QUANT_METHODS = {None: ExpertFormat.BF16, "mxfp4": ExpertFormat.MXFP4, "modelopt": ExpertFormat.NVFP4}
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint folder. Tensors load lazily, one at a time (or one slice at a time)."""
+
+    folder: Path
+    spec: ModelSpec
+    config: dict[str, Any]
+    expert_format: ExpertFormat
+    weight_map: dict[str, str]  # tensor name -> shard file name (relative to folder)
+    headers: dict[str, ShardHeader]
+    _handles: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: str | Path, *, strict: bool = True) -> Checkpoint:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: not a directory; pass a Hugging Face checkpoint folder")
+        config = read_config(folder)
+        spec = ModelSpec.from_config(config, source=str(folder / "config.json"))
+        fmt = expert_format_of(config, folder)
+        weight_map = _read_weight_map(folder)
+        headers = {f: read_header(folder / f) for f in sorted(set(weight_map.values()))}
+        for tensor, shard in weight_map.items():
+            if tensor not in headers[shard].tensors:
+                raise CheckpointError(f"{folder / INDEX_NAME}: maps tensor {tensor} to {shard}, "
+                                      f"which does not contain it; regenerate the index")
+        ckpt = cls(folder, spec, config, fmt, weight_map, headers)
+        if strict:
+            ckpt.check_layout()
+        return ckpt
+
+    # ---- accounting -----------------------------------------------------------------------
+    def meta(self, name: str) -> TensorSpec:
+        return self.headers[self.weight_map[name]].tensors[name]
+
+    def expected(self) -> list[TensorSpec]:
+        with_input = any(n.endswith("_input_scale") for n in self.weight_map)
+        return checkpoint_tensors(self.spec, self.expert_format, with_input_scale=with_input)
+
+    def check_layout(self) -> None:
+        """Every expected tensor present with the right dtype and shape, nothing else."""
+        expected = {t.name: t for t in self.expected()}
+        missing = sorted(set(expected) - set(self.weight_map))
+        unexpected = sorted(set(self.weight_map) - set(expected))
+        fmt = f"{self.expert_format.value} gpt-oss checkpoint"
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing)}")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected)}")
+            raise CheckpointError(f"{self.folder}: not a complete {fmt} for its config.json: "
+                                  f"{'; '.join(parts)}")
+        wrong = []
+        for name, want in expected.items():
+            got = self.meta(name)
+            if got.dtype != want.dtype or got.shape != want.shape:
+                wrong.append(f"{name} is {_fmt(got)} in {self.weight_map[name]}, expected {_fmt(want)}")
+        if wrong:
+            raise CheckpointError(f"{self.folder}: {len(wrong)} tensor(s) of the wrong dtype/shape for "
+                                  f"a {fmt}: {'; '.join(wrong)}")
+
+    # ---- lazy loading ---------------------------------------------------------------------
+    def _handle(self, shard: str):
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.folder / shard), framework="pt")
+        return self._handles[shard]
+
+    def load(self, name: str, *, check: bool = True) -> torch.Tensor:
+        """Load one whole tensor; floating tensors are checked for NaN/Inf."""
+        t = self._handle(self.weight_map[name]).get_tensor(name)
+        if check:
+            check_finite(name, t)
+        return t
+
+    def load_rows(self, name: str, start: int, stop: int, *, check: bool = True) -> torch.Tensor:
+        """Load `tensor[start:stop]` along the leading axis without reading the rest."""
+        t = self._handle(self.weight_map[name]).get_slice(name)[start:stop]
+        if check:
+            check_finite(name, t)
+        return t
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def source_files(self) -> list[Path]:
+        """Every regular file of the checkpoint (top level), sorted; symlinks resolved within reason."""
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+
+def expert_format_of(config: dict[str, Any], folder: Path) -> ExpertFormat:
+    """The format the checkpoint states: `quantization_config.quant_method` or hf_quant_config.json."""
+    qc = config.get("quantization_config") or {}
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    if method is None and (folder / "hf_quant_config.json").is_file():
+        method = "modelopt"
+    if method not in QUANT_METHODS:
+        known = ", ".join(repr(k) for k in QUANT_METHODS if k)
+        raise CheckpointError(f"{folder / 'config.json'}: quantization_config.quant_method={method!r} is not "
+                              f"supported; expected one of {known} or no quantization_config (BF16)")
+    return QUANT_METHODS[method]
+
+
+def _read_weight_map(folder: Path) -> dict[str, str]:
+    index = folder / INDEX_NAME
+    if not index.is_file():
+        single = folder / SINGLE_NAME
+        if not single.is_file():
+            raise CheckpointError(f"{folder}: neither {INDEX_NAME} nor {SINGLE_NAME} found; "
+                                  "a checkpoint needs its safetensors weights")
+        return {name: SINGLE_NAME for name in read_header(single).tensors}
+    try:
+        data = json.loads(index.read_text())
+        weight_map = data["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({exc!r}); regenerate it") from exc
+    for tensor, shard in weight_map.items():
+        rel = Path(shard)
+        target = folder / rel  # symlinks are allowed (Hugging Face cache snapshots point into blobs/)
+        if not isinstance(shard, str) or rel.is_absolute() or ".." in rel.parts or len(rel.parts) != 1:
+            raise CheckpointError(f"{index}: tensor {tensor} points outside the checkpoint folder "
+                                  f"({shard!r}); shard paths must be plain file names")
+        if not target.is_file():
+            raise CheckpointError(f"{index}: tensor {tensor} is in shard {shard}, which does not exist; "
+                                  "copy the missing shard or regenerate the index")
+    return dict(weight_map)
+
+
+def _fmt(t: TensorSpec) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"

@@ -1,0 +1,163 @@
+"""gpt-oss (MXFP4 release or BF16) -> NVFP4 checkpoint in Model Optimizer's unified layout.
+
+Streaming: tensors are read lazily and written one expert (or ~64 MiB of rows) at a time, so peak
+memory does not grow with the model. `mpiexec -n N` deals shards to ranks; the bytes are identical
+for any N. Output is all-or-nothing (see `builder.writer.atomic_output`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from builder.checkpoint import Checkpoint
+from builder.errors import CheckpointError
+from builder.experts import ExpertCaster
+from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors, layer_of, projections
+from builder.manifest import build_manifest, hash_files, write_manifest
+from builder.parallel import Comm, SerialComm
+from builder.quant_config import SCOPES, hf_quant_config, inline_quantization_config
+from builder.spec import with_legacy_rope
+from builder.writer import (DEFAULT_MAX_SHARD_BYTES, INDEX_NAME, atomic_output, check_free_space,
+                            index_json, plan_shards, write_json, write_shards)
+from plugins.formats.cast import CastStats
+
+ROW_CHUNK_BYTES = 64 << 20
+# Top-level source files we regenerate or never copy; every other regular file is copied verbatim.
+REGENERATED = {"config.json", INDEX_NAME, "hf_quant_config.json", "trtkit_manifest.json"}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    out: Path
+    stats: CastStats | None
+    manifest: dict
+
+
+class _Producer:
+    """Produces every target tensor from the source on demand, keeping one projection's state."""
+
+    def __init__(self, ckpt: Checkpoint, input_scales: dict[str, float] | None):
+        self.ckpt = ckpt
+        self.input_scales = input_scales or {}
+        self.casters: dict[str, ExpertCaster] = {}
+        self.stats: dict[str, CastStats] = {}
+        self._bases = {f"model.layers.{i}.mlp.experts.{p.name}": p
+                       for i in range(ckpt.spec.num_hidden_layers) for p in projections(ckpt.spec)}
+
+    def _caster(self, base: str) -> ExpertCaster:
+        if base not in self.casters:
+            # hold at most one layer's projections: drop casters of other layers
+            layer = layer_of(base)
+            self.casters = {b: c for b, c in self.casters.items() if layer_of(b) == layer}
+            self.casters[base] = ExpertCaster(self.ckpt, base, self._bases[base])
+        return self.casters[base]
+
+    def __call__(self, t: TensorSpec) -> Iterator[torch.Tensor]:
+        for suffix, method in (("", "weight"), ("_weight_scale", "weight_scale"),
+                               ("_weight_scale_2", "weight_scale_2")):
+            base = t.name.removesuffix(suffix) if suffix else t.name
+            if (not suffix or t.name.endswith(suffix)) and base in self._bases:
+                caster = self._caster(base)
+                yield from getattr(caster, method)()
+                if method == "weight" and caster.stats is not None:
+                    self.stats[base] = caster.stats
+                return
+        if t.name.endswith("_input_scale"):
+            yield torch.tensor(self.input_scales[t.name], dtype=torch.float32)
+            return
+        yield from self._copy(t)
+
+    def _copy(self, t: TensorSpec) -> Iterator[torch.Tensor]:
+        """A BF16 tensor, verbatim, in row chunks (checked for NaN/Inf)."""
+        rows = t.shape[0] if t.shape else 1
+        step = max(1, ROW_CHUNK_BYTES // max(1, t.nbytes // rows))
+        for start in range(0, rows, step):
+            yield self.ckpt.load_rows(t.name, start, min(rows, start + step))
+
+
+def output_config(ckpt: Checkpoint) -> dict:
+    cfg = with_legacy_rope(dict(ckpt.config), ckpt.spec)
+    cfg["quantization_config"] = inline_quantization_config(ckpt.spec)
+    cfg.setdefault("torch_dtype", cfg.get("dtype", "bfloat16"))  # transformers 4.x / TensorRT-LLM key
+    return cfg
+
+
+def aux_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """(files to copy verbatim, names skipped) from the top level of a source folder."""
+    copy, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name in REGENERATED or p.name.startswith("."):
+            continue
+        if p.is_dir() or p.name.endswith(WEIGHT_SUFFIXES):
+            if not p.name.endswith(".safetensors"):
+                skipped.append(p.name + ("/" if p.is_dir() else ""))
+            continue
+        copy.append(p)
+    return copy, skipped
+
+
+def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False,
+            input_scales: dict[str, float] | None = None, comm: Comm | None = None,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+            progress: Callable[[int], None] | None = None, calibration: dict | None = None) -> ConvertResult:
+    """Convert checkpoint folder `src` into NVFP4 folder `out` (all or nothing)."""
+    comm = comm or SerialComm()
+    src, out = Path(src), Path(out)
+    if scope not in SCOPES:
+        raise CheckpointError(f"--scope {scope!r} is unknown; choose one of {', '.join(SCOPES)}")
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise CheckpointError(f"OUT {out} is inside SRC {src}; choose an output folder outside the source")
+    ckpt = Checkpoint.open(src)
+    if ckpt.expert_format is ExpertFormat.NVFP4:
+        raise CheckpointError(f"{src}: already an NVFP4 checkpoint; convert takes MXFP4 or BF16 gpt-oss")
+    targets = checkpoint_tensors(ckpt.spec, ExpertFormat.NVFP4, with_input_scale=input_scales is not None)
+    if input_scales is not None:
+        missing = sorted(t.name for t in targets if t.name.endswith("_input_scale")
+                         and t.name not in input_scales)
+        if missing:
+            raise CheckpointError(f"calibration gave no input_scale for {', '.join(missing)}")
+    shards = plan_shards(targets, max_shard_bytes)
+    copy, skipped = aux_files(src)
+    check_free_space(out, sum(s.nbytes for s in shards) + sum(p.stat().st_size for p in copy))
+
+    with ThreadPoolExecutor(max_workers=1) as pool, atomic_output(out, force, comm) as tmp:
+        # hash this rank's share of the source files in the background while converting
+        source_files = ckpt.source_files()
+        mine = [p for i, p in enumerate(source_files) if i % comm.size == comm.rank]
+        source_hashes = pool.submit(hash_files, mine, src)
+        produce = _Producer(ckpt, input_scales)
+        shard_hashes = write_shards(tmp, shards, produce, comm, progress)
+        stats = _merge_stats(comm.allgather(produce.stats))
+        all_source = {}
+        for part in comm.allgather(source_hashes.result()):
+            all_source.update(part)
+        ckpt.close()
+        manifest = {}
+        if comm.rank == 0:
+            write_json(tmp / "config.json", output_config(ckpt))
+            write_json(tmp / "hf_quant_config.json", hf_quant_config(ckpt.spec))
+            write_json(tmp / INDEX_NAME, index_json(shards))
+            for p in copy:
+                shutil.copyfile(p, tmp / p.name)
+            manifest = build_manifest(tmp, src=src, expert_format=ckpt.expert_format, scope=SCOPES[scope],
+                                      source_hashes=all_source, shard_hashes=shard_hashes, stats=stats,
+                                      skipped=skipped, input_scales=input_scales, calibration=calibration)
+            write_manifest(tmp, manifest)
+    total = None
+    for s in stats.values():
+        total = s if total is None else total + s
+    return ConvertResult(out, total, comm.bcast(manifest))
+
+
+def _merge_stats(parts: list[dict[str, CastStats]]) -> dict[str, CastStats]:
+    merged: dict[str, CastStats] = {}
+    for part in parts:
+        merged.update(part)
+    return dict(sorted(merged.items()))

@@ -1,0 +1,27 @@
+"""Calibration hooks for the runtime: collect amax of the activations entering each expert projection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from builder.layout import experts_prefix
+from plugins.formats.nvfp4 import E2M1_MAX, E4M3_MAX
+
+
+@dataclass
+class AmaxCollector:
+    """An `on_expert_input` callback: max |x| per (layer, projection), over all experts and calls."""
+
+    amax: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    def __call__(self, layer: int, proj: str, expert: int, x: torch.Tensor) -> None:
+        if x.numel():
+            key = (layer, proj)
+            self.amax[key] = max(self.amax.get(key, 0.0), float(x.detach().abs().max()))
+
+    def input_scales(self) -> dict[str, float]:
+        """{`model.layers.N.mlp.experts.<proj>_input_scale`: amax / (6 * 448)}, as `convert` takes them."""
+        return {f"{experts_prefix(layer)}.{proj}_input_scale": a / (E2M1_MAX * E4M3_MAX)
+                for (layer, proj), a in sorted(self.amax.items())}

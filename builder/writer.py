@@ -1,0 +1,144 @@
+"""Writing a sharded checkpoint: shard planning, the index, and all-or-nothing output folders.
+
+Outputs are built in a hidden folder beside OUT (`.OUT.partial`) and renamed into place only when
+complete, so a run killed at any moment leaves no OUT, and a rerun starts clean. Under MPI, shards are
+dealt round-robin to ranks; every byte depends only on the plan, so any rank count writes identical files.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from builder.errors import OutputError, TrtkitError
+from builder.layout import TensorSpec
+from builder.parallel import Comm
+from builder.safetensors_io import write_stream
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # 5 GB, as Hugging Face and Model Optimizer shard
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    tensors: tuple[TensorSpec, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def plan_shards(tensors: list[TensorSpec], max_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[Shard]:
+    """Greedy, in order: start a new shard when the next tensor would pass `max_bytes`."""
+    groups: list[list[TensorSpec]] = [[]]
+    size = 0
+    for t in tensors:
+        if groups[-1] and size + t.nbytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    n = len(groups)
+    return [Shard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups)]
+
+
+def index_json(shards: list[Shard]) -> dict:
+    return {"metadata": {"total_size": sum(s.nbytes for s in shards)},
+            "weight_map": {t.name: s.file for s in shards for t in s.tensors}}
+
+
+def write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_shards(folder: Path, shards: list[Shard], produce: Callable[[TensorSpec], Iterable[torch.Tensor]],
+                 comm: Comm, progress: Callable[[int], None] | None = None) -> dict[str, str]:
+    """Write this rank's shards; return {file: sha256} for ALL shards (gathered from every rank).
+
+    A failure on any rank is re-raised on every rank (no rank is left waiting in a collective).
+    """
+    mine: dict[str, str] = {}
+    error: TrtkitError | None = None
+    try:
+        for i, shard in enumerate(shards):
+            if i % comm.size != comm.rank:
+                continue
+
+            def counted(spec: TensorSpec) -> Iterator[torch.Tensor]:
+                yield from produce(spec)
+                if progress:
+                    progress(spec.nbytes)
+
+            mine[shard.file] = guard_disk(lambda s=shard: write_stream(folder / s.file, list(s.tensors), counted),
+                                          folder)
+    except TrtkitError as exc:
+        error = exc
+    gathered = comm.allgather((mine, error))
+    errors = [e for _, e in gathered if e is not None]
+    if errors:
+        raise errors[0]
+    hashes: dict[str, str] = {}
+    for part, _ in gathered:
+        hashes.update(part)
+    return hashes
+
+
+def guard_disk(fn: Callable[[], str], folder: Path) -> str:
+    try:
+        return fn()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(folder).free
+            raise OutputError(f"{folder}: out of disk space while writing ({free / 1e9:.2f} GB free); "
+                              "free space or choose an OUT on a larger filesystem") from exc
+        raise
+
+
+def check_free_space(out: Path, need_bytes: int) -> None:
+    parent = out.resolve().parent
+    while not parent.exists():  # OUT's parents are created later; measure the nearest existing one
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < need_bytes:
+        raise OutputError(f"{out}: out of disk space: the output needs {need_bytes / 1e9:.2f} GB, "
+                          f"{parent} has {free / 1e9:.2f} GB free; free space or choose another OUT")
+
+
+@contextmanager
+def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
+    """Yield a fresh hidden folder beside `out`; rename it to `out` only if the block succeeds."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory; remove it or choose another OUT")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputError(f"{out}: exists and is not empty; pass --force to replace it")
+    tmp = out.parent / f".{out.name}.partial"
+    old = out.parent / f".{out.name}.old"
+    if comm.rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (tmp, old):
+            if stale.exists():
+                shutil.rmtree(stale)
+        tmp.mkdir()
+    comm.barrier()
+    try:
+        yield tmp
+    except BaseException:
+        if comm.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    comm.barrier()
+    if comm.rank == 0:
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    comm.barrier()

@@ -1,0 +1,1 @@
+"""Layer 1: the FP4 formats and the custom MoE/attention ops. Imports no other trtkit layer."""

@@ -1,0 +1,1 @@
+"""Reference implementations ("oracles") that tests compare trtkit's output against."""

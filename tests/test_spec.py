@@ -1,0 +1,96 @@
+"""Model spec: both config dialects, transformers' own configs as the oracle, clear rejections."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from builder.errors import CheckpointError, UnsupportedArchitecture
+from builder.spec import ModelSpec
+from builder.synth import SHAPES
+
+YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+        "original_max_position_embeddings": 4096}
+
+
+def release_20b_config() -> dict:
+    """The gpt-oss-20b config.json as published (transformers 4.x dialect)."""
+    return {
+        "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 2880, "initial_context_length": 4096, "initializer_range": 0.02,
+        "intermediate_size": 2880,
+        "layer_types": ["sliding_attention", "full_attention"] * 12,
+        "max_position_embeddings": 131072, "model_type": "gpt_oss", "num_attention_heads": 64,
+        "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_key_value_heads": 8,
+        "num_local_experts": 32, "output_router_logits": False, "pad_token_id": 199999,
+        "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn",
+                                                           "model.layers.*.mlp.router",
+                                                           "model.embed_tokens", "lm_head"],
+                                "quant_method": "mxfp4"},
+        "rms_norm_eps": 1e-05, "rope_scaling": YARN, "rope_theta": 150000, "router_aux_loss_coef": 0.9,
+        "sliding_window": 128, "swiglu_limit": 7.0, "tie_word_embeddings": False,
+        "transformers_version": "4.55.0.dev0", "use_cache": True, "vocab_size": 201088,
+    }
+
+
+def test_release_config_matches_builtin_shape():
+    spec = ModelSpec.from_config(release_20b_config())
+    assert spec == SHAPES["gpt-oss-20b"].spec()
+    assert spec.gqa_ratio == 8 and spec.q_dim == 4096 and spec.kv_dim == 512
+    assert spec.is_sliding(0) and not spec.is_sliding(1)
+    assert spec.rope.concentration == pytest.approx(0.1 * 3.4657359 + 1, rel=1e-6)
+
+
+def test_v5_rope_parameters_equal_legacy():
+    legacy = release_20b_config()
+    v5 = dict(legacy)
+    del v5["rope_scaling"], v5["rope_theta"]
+    v5["rope_parameters"] = {**YARN, "rope_theta": 150000.0}
+    assert ModelSpec.from_config(v5) == ModelSpec.from_config(legacy)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_transformers_configs_both_dialects(layers):
+    """transformers' own GptOssConfig (5.x writes rope_parameters) parses to the same spec."""
+    from transformers import GptOssConfig
+
+    cfg = GptOssConfig(num_hidden_layers=layers, num_local_experts=8, hidden_size=64,
+                       intermediate_size=96, head_dim=16, num_attention_heads=4, num_key_value_heads=2,
+                       vocab_size=300).to_dict()
+    spec = ModelSpec.from_config(json.loads(json.dumps(cfg)))
+    assert spec.num_hidden_layers == layers and spec.rope.factor == 32.0 and spec.rope.theta == 150000.0
+    emitted = spec.to_config()
+    assert emitted["rope_theta"] == 150000.0 and emitted["rope_scaling"]["factor"] == 32.0
+    assert ModelSpec.from_config(emitted) == spec
+    back = GptOssConfig(**{k: v for k, v in emitted.items() if k != "rope_parameters"})
+    assert back.layer_types == list(spec.layer_types)
+
+
+def test_unsupported_architecture_is_named():
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    with pytest.raises(UnsupportedArchitecture, match="unsupported architecture LlamaForCausalLM; "
+                                                      "supported: GptOssForCausalLM"):
+        ModelSpec.from_config(cfg)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", 100, "multiple of 32"),
+    ("num_key_value_heads", 3, "multiple of num_key_value_heads"),
+    ("num_experts_per_tok", 64, "exceeds num_local_experts"),
+    ("layer_types", ["sliding_attention"], "has 1 entries"),
+    ("layer_types", ["banded"] * 24, "unknown entries"),
+])
+def test_bad_fields_are_named(field, value, message):
+    cfg = release_20b_config()
+    cfg[field] = value
+    with pytest.raises(CheckpointError, match=message):
+        ModelSpec.from_config(cfg)
+
+
+def test_missing_field_is_named():
+    cfg = release_20b_config()
+    del cfg["hidden_size"]
+    with pytest.raises(CheckpointError, match="missing field 'hidden_size'"):
+        ModelSpec.from_config(cfg)

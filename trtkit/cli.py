@@ -1,0 +1,148 @@
+"""The `trtkit` console script: a thin click layer. Library errors become one line and exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from builder.errors import TrtkitError
+from builder.layout import ExpertFormat
+from builder.parallel import comm_from_env
+from builder.quant_config import SCOPES
+from builder.synth import SHAPES
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"trtkit: error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def bar(total: int, desc: str, enabled: bool):
+    """A byte progress bar (rate and ETA) on stderr; yields the `advance(nbytes)` callback."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+              file=sys.stderr, dynamic_ncols=True) as t:
+        yield t.update
+
+
+class TrtkitGroup(click.Group):
+    """Turns domain errors into `trtkit: error: ...` + non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TrtkitError as exc:
+            fail(str(exc), exc.exit_code)
+
+
+@click.group(cls=TrtkitGroup)
+@click.version_option(package_name="trtkit")
+def main() -> None:
+    """trtkit: gpt-oss checkpoints to verified NVFP4 TensorRT-LLM bundles."""
+
+
+def _progress_enabled(quiet: bool, rank: int) -> bool:
+    return not quiet and rank == 0
+
+
+@main.command()
+@click.option("--shape", type=click.Choice(sorted(SHAPES)), default="tiny", show_default=True,
+              help="Named size: tiny (embedded default) or the released gpt-oss shapes.")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="Cut the model to N layers.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--experts", "experts_format", type=click.Choice(["mxfp4", "bf16"]), default="mxfp4",
+              show_default=True, help="mxfp4: the released layout; bf16: as transformers saves it.")
+@click.option("--max-shard-gb", type=float, default=5.0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.argument("out", type=click.Path(path_type=Path))
+def synth(shape: str, layers: int | None, seed: int, experts_format: str, max_shard_gb: float,
+          force: bool, quiet: bool, out: Path) -> None:
+    """Write a deterministic synthetic gpt-oss checkpoint (Hugging Face release layout) to OUT."""
+    from builder.layout import checkpoint_tensors
+    from builder.synth import synth as run_synth
+
+    comm = comm_from_env(os.environ)
+    fmt = ExpertFormat(experts_format)
+    total = sum(t.nbytes for t in checkpoint_tensors(SHAPES[shape].spec(layers), fmt))
+    with bar(total, f"synth {shape}", _progress_enabled(quiet, comm.rank)) as advance:
+        spec = run_synth(out, shape, layers=layers, seed=seed, experts_format=fmt, force=force,
+                         max_shard_bytes=int(max_shard_gb * 1e9), comm=comm, progress=advance)
+    if comm.rank == 0:
+        click.echo(f"wrote {out}: gpt-oss {shape}, {spec.num_hidden_layers} layers, "
+                   f"{spec.num_local_experts} experts ({fmt.value}), {total / 1e9:.3f} GB")
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--scope", type=click.Choice(sorted(SCOPES)), default="experts", show_default=True,
+              help="Modules to quantize (identical tensors for gpt-oss; recorded in the manifest).")
+@click.option("--max-shard-gb", type=float, default=5.0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def convert(src: Path, out: Path, scope: str, max_shard_gb: float, force: bool, quiet: bool,
+            as_json: bool) -> None:
+    """Convert gpt-oss checkpoint SRC (MXFP4 release or BF16) to an NVFP4 checkpoint in OUT."""
+    from builder.checkpoint import Checkpoint
+    from builder.convert import convert as run_convert
+    from builder.layout import checkpoint_tensors
+
+    comm = comm_from_env(os.environ)
+    ckpt = Checkpoint.open(src)
+    total = sum(t.nbytes for t in checkpoint_tensors(ckpt.spec, ExpertFormat.NVFP4))
+    with bar(total, "convert", _progress_enabled(quiet, comm.rank)) as advance:
+        result = run_convert(src, out, scope=scope, force=force, comm=comm,
+                             max_shard_bytes=int(max_shard_gb * 1e9), progress=_scaled(advance, comm.size))
+    if comm.rank:
+        return
+    _report_convert(result.manifest, out, as_json)
+
+
+def _scaled(advance: Callable[[int], None] | None, size: int) -> Callable[[int], None] | None:
+    """Rank 0 sees only its own shards; scale its progress so the bar still ends near 100%."""
+    if advance is None:
+        return None
+    return lambda n: advance(n * size)
+
+
+def _report_convert(manifest: dict, out: Path, as_json: bool) -> None:
+    blocks = manifest["cast"]["mxfp4_blocks"]
+    summary = {"out": str(out), "source_format": manifest["source"]["expert_format"],
+               "exact_blocks": blocks["exact"] if blocks else None,
+               "fallback_blocks": blocks["fallback"] if blocks else None,
+               "zero_scale_blocks": blocks["zero_scale"] if blocks else None,
+               "weights_only": manifest["quantization"]["weights_only"],
+               "files": len(manifest["files"]), "source_checksum": manifest["source"]["checksum"]}
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"wrote {out} (NVFP4, {summary['files']} files, manifest trtkit_manifest.json)")
+    if blocks:
+        total = blocks["exact"] + blocks["fallback"]
+        click.echo(f"MXFP4 blocks: {blocks['exact']} exact, {blocks['fallback']} fallback "
+                   f"({blocks['zero_scale']} with scale byte 0) of {total}")
+    else:
+        click.echo("experts quantized from BF16 (NVFP4, Model Optimizer numerics)")
+    if summary["weights_only"]:
+        click.echo("note: weights-only (no activation input_scale yet); see the manifest")
+
+
+from trtkit.cli_runtime import forward as _forward  # noqa: E402
+
+main.add_command(_forward)
+
+if __name__ == "__main__":
+    main()
