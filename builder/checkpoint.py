@@ -8,12 +8,12 @@ must be there, and anything missing, unexpected, or of the wrong dtype/shape is 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from builder.errors import CheckpointError
 from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors
@@ -89,26 +89,49 @@ class Checkpoint:
                                   f"a {fmt}: {'; '.join(wrong)}")
 
     # ---- lazy loading ---------------------------------------------------------------------
-    def _handle(self, shard: str):
+    # Reads go through pread into private buffers (no mmap): the bytes of a tensor are resident only
+    # while the caller holds it, so peak memory stays at the working set, whatever the model size.
+    def _fd(self, shard: str) -> int:
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.folder / shard), framework="pt")
+            self._handles[shard] = os.open(self.folder / shard, os.O_RDONLY)
         return self._handles[shard]
+
+    def _read(self, name: str, start: int, stop: int | None) -> torch.Tensor:
+        shard = self.weight_map[name]
+        header, spec = self.headers[shard], self.meta(name)
+        rows = spec.shape[0] if spec.shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        row_bytes = spec.nbytes // rows if rows else 0
+        offset = header.data_start + header.offsets[name] + start * row_bytes
+        buf = bytearray((stop - start) * row_bytes)
+        view, done = memoryview(buf), 0
+        while done < len(buf):
+            n = os.preadv(self._fd(shard), [view[done:]], offset + done)
+            if n <= 0:
+                raise CheckpointError(f"{self.folder / shard}: truncated while reading tensor {name}; "
+                                      "re-download or re-copy this shard")
+            done += n
+        flat = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
+        shape = (stop - start, *spec.shape[1:]) if spec.shape else ()
+        return flat.view(spec.dtype).reshape(shape)
 
     def load(self, name: str, *, check: bool = True) -> torch.Tensor:
         """Load one whole tensor; floating tensors are checked for NaN/Inf."""
-        t = self._handle(self.weight_map[name]).get_tensor(name)
+        t = self._read(name, 0, None)
         if check:
             check_finite(name, t)
         return t
 
     def load_rows(self, name: str, start: int, stop: int, *, check: bool = True) -> torch.Tensor:
         """Load `tensor[start:stop]` along the leading axis without reading the rest."""
-        t = self._handle(self.weight_map[name]).get_slice(name)[start:stop]
+        t = self._read(name, start, stop)
         if check:
             check_finite(name, t)
         return t
 
     def close(self) -> None:
+        for fd in self._handles.values():
+            os.close(fd)
         self._handles.clear()
 
     def source_files(self) -> list[Path]:

@@ -88,7 +88,7 @@ class ExpertCaster:
     def weight(self) -> Iterator[torch.Tensor]:
         """Yield `<p>` as [1, in/2, out] chunks; keep the block scales (1/8 of the bytes) for later."""
         self._scales = []
-        total = CastStats(0, 0, 0, self._k_max or 0) if self.is_mxfp4 else None
+        total = CastStats(0, 0, 0, self._k_max or 0, 0) if self.is_mxfp4 else None
         for e in range(self.num_experts):
             packed, bscale, stats = self._convert(e)
             self._scales.append(bscale)

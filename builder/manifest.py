@@ -69,7 +69,8 @@ def build_manifest(out: Path, *, src: Path, expert_format: ExpertFormat, scope: 
                        if expert_format is ExpertFormat.MXFP4 else "NVFP4 quantization of BF16 experts"),
             "mxfp4_blocks": totals if expert_format is ExpertFormat.MXFP4 else None,
             "per_tensor": {name: {"exact": s.exact_blocks, "fallback": s.fallback_blocks,
-                                  "zero_scale": s.zero_scale_blocks, "k_max": s.k_max}
+                                  "zero_scale": s.zero_scale_blocks, "k_max": s.k_max,
+                                  "modelopt_lossless": s.modelopt_lossless_blocks}
                            for name, s in stats.items()},
         },
         "files": {name: hashes[name] for name in sorted(hashes)},

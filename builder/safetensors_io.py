@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,8 @@ DTYPE_CODES: dict[str, torch.dtype] = {
 }
 CODE_OF: dict[torch.dtype, str] = {v: k for k, v in DTYPE_CODES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
-CHUNK_ELEMS = 1 << 26  # finiteness checks and hashing work in chunks of this many elements
+CHUNK_ELEMS = 1 << 26  # finiteness checks work in chunks of this many elements
+WRITE_QUEUE = 4  # chunks buffered between the producer and the writer thread
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class ShardHeader:
     path: Path
     tensors: dict[str, TensorSpec]
     data_start: int  # byte offset of the data section
+    offsets: dict[str, int]  # tensor name -> first byte, relative to data_start
 
 
 def read_header(path: Path) -> ShardHeader:
@@ -80,24 +84,28 @@ def read_header(path: Path) -> ShardHeader:
         cursor = end
     if 8 + n + cursor > size:
         raise CheckpointError(f"{path}: truncated: header promises {8 + n + cursor} bytes, file has {size}; {fix}")
-    return ShardHeader(path, tensors, 8 + n)
+    return ShardHeader(path, tensors, 8 + n, {name: begin for begin, _, name in spans})
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    """Raise naming the tensor and the first non-finite element's index."""
-    if not t.dtype.is_floating_point:
+    """Raise naming the tensor and the first non-finite element's index.
+
+    Fast path: `aminmax` propagates NaN and sees +-inf, one read of the data (~10 GB/s for BF16);
+    only a failing tensor pays for locating the index."""
+    if not t.dtype.is_floating_point or t.numel() == 0:
         return
     flat = t.reshape(-1)
+    if flat.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        flat = flat.float()
     for start in range(0, flat.numel(), CHUNK_ELEMS):
         chunk = flat[start:start + CHUNK_ELEMS]
-        if chunk.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            chunk = chunk.float()
-        bad = ~torch.isfinite(chunk)
-        if bad.any():
-            flat_idx = start + int(bad.nonzero()[0, 0])
-            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_idx), t.shape))
-            raise CheckpointError(f"tensor {name}: non-finite value {float(flat[flat_idx])} at index "
-                                  f"{list(index)}; the source weights are corrupt, fix or re-download them")
+        lo, hi = torch.aminmax(chunk)
+        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+            continue
+        flat_idx = start + int((~torch.isfinite(chunk)).nonzero()[0, 0])
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_idx), t.shape))
+        raise CheckpointError(f"tensor {name}: non-finite value {float(flat[flat_idx])} at index "
+                              f"{list(index)}; the source weights are corrupt, fix or re-download them")
 
 
 def header_bytes(plan: list[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
@@ -123,23 +131,45 @@ def write_stream(path: Path, plan: list[TensorSpec],
     """Write a safetensors file tensor by tensor; `produce` yields each tensor as C-order chunks.
 
     Returns the file's sha256. Each tensor's chunks must add up to its planned dtype and byte size.
+    Writing and hashing run on a background thread (both release the GIL), overlapping with the
+    producer; at most `WRITE_QUEUE` chunks are in flight, so memory stays bounded.
     """
     digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        head = header_bytes(plan)
-        f.write(head)
-        digest.update(head)
-        for spec in plan:
-            written = 0
-            for chunk in produce(spec):
-                if chunk.dtype != spec.dtype:
-                    raise RuntimeError(f"internal: {spec.name} chunk is {chunk.dtype}, planned {spec.dtype}")
-                buf = as_bytes(chunk)
+    chunks: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+    failure: list[BaseException] = []
+
+    def writer(f) -> None:
+        while (buf := chunks.get()) is not None:
+            if failure:
+                continue  # drain after an error
+            try:
                 f.write(buf)
                 digest.update(buf)
-                written += buf.nbytes
-            if written != spec.nbytes:
-                raise RuntimeError(f"internal: {spec.name} produced {written} bytes, planned {spec.nbytes}")
+            except BaseException as exc:  # re-raised on the producer's thread below
+                failure.append(exc)
+
+    with open(path, "wb") as f:
+        thread = threading.Thread(target=writer, args=(f,), daemon=True)
+        thread.start()
+        try:
+            chunks.put(header_bytes(plan))
+            for spec in plan:
+                written = 0
+                for chunk in produce(spec):
+                    if chunk.dtype != spec.dtype:
+                        raise RuntimeError(f"internal: {spec.name} chunk is {chunk.dtype}, planned {spec.dtype}")
+                    buf = as_bytes(chunk)
+                    written += buf.nbytes
+                    chunks.put(buf)
+                    if failure:
+                        raise failure[0]
+                if written != spec.nbytes:
+                    raise RuntimeError(f"internal: {spec.name} produced {written} bytes, planned {spec.nbytes}")
+        finally:
+            chunks.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
     return digest.hexdigest()
 
 

@@ -259,3 +259,43 @@ def test_trtkit_convert_equals_modelopt_export(exported, tmp_path):
     assert {k: v for k, v in cfg_ours.items() if k != "dtype"} == {k: v for k, v in cfg_theirs.items()
                                                                    if k != "dtype"}
     assert (ours_dir / MANIFEST_NAME).is_file()
+
+
+def _calibrated(exported, tmp_path):
+    from builder.calibrate import CalibrationData, collect_amax, input_scales
+    from builder.convert import convert
+
+    data = CalibrationData(tuple(tuple(s) for s in exported["calib"]), "test ids")
+    amax = collect_amax(exported["src"], data, dtype=torch.bfloat16)
+    out = convert(exported["src"], tmp_path / "cal", input_scales=input_scales(amax)).out
+    return amax, load_file(str(next(out.glob("*.safetensors"))))
+
+
+def test_calibration_amax_equals_transformers_hooks(exported, tmp_path):
+    """Our streaming runtime's amax (BF16) vs forward hooks on transformers' BF16 model, same tokens.
+
+    Both forwards run the same BF16 op sequence, so the amax agree exactly on this machine (measured:
+    relative difference 0); the asserted bound is the issue's 0.5%, leaving room for a CPU whose BF16
+    matmul kernels round differently."""
+    amax, _ = _calibrated(exported, tmp_path)
+    theirs = modelopt_amax_hooks(exported["src"], exported["calib"])
+    assert sorted(amax) == sorted(theirs)
+    for key in theirs:
+        rel = abs(amax[key] - theirs[key]) / theirs[key]
+        assert rel <= 0.005, (key, amax[key], theirs[key], rel)
+
+
+def test_calibrated_checkpoint_equals_modelopt_calibrated_export(exported, tmp_path):
+    """Every weight tensor exact; input_scale within BF16 calibration rounding (<= 0.5% relative)."""
+    _, ours = _calibrated(exported, tmp_path)
+    theirs = exported["out_sd"]
+    assert sorted(ours) == sorted(theirs)
+    worst = 0.0
+    for name, t in theirs.items():
+        if name.endswith("_input_scale"):
+            rel = abs(float(ours[name]) - float(t)) / float(t)
+            worst = max(worst, rel)
+            assert rel <= 0.005, (name, float(ours[name]), float(t))
+        else:
+            assert torch.equal(ours[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), name
+    print(f"worst input_scale relative difference vs Model Optimizer: {worst:.2e}")

@@ -16,6 +16,7 @@ from builder.layout import ExpertFormat
 from builder.parallel import comm_from_env
 from builder.quant_config import SCOPES
 from builder.synth import SHAPES
+from trtkit.cli_runtime import forward, verify
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -93,8 +94,17 @@ def synth(shape: str, layers: int | None, seed: int, experts_format: str, max_sh
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--calibrate", is_flag=True,
+              help="Collect activation amax and write input_scale (a complete W4A4 NVFP4 checkpoint).")
+@click.option("--calib-input-ids", type=click.Path(path_type=Path), default=None,
+              help="Calibration token ids: JSON list of lists (one forward per list).")
+@click.option("--calib-text", type=click.Path(path_type=Path), default=None,
+              help="Calibration text, tokenized with SRC's tokenizer.json (default: built-in text).")
+@click.option("--calib-dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16",
+              show_default=True, help="Dtype of the calibration forward.")
 def convert(src: Path, out: Path, scope: str, max_shard_gb: float, force: bool, quiet: bool,
-            as_json: bool) -> None:
+            as_json: bool, calibrate: bool, calib_input_ids: Path | None, calib_text: Path | None,
+            calib_dtype: str) -> None:
     """Convert gpt-oss checkpoint SRC (MXFP4 release or BF16) to an NVFP4 checkpoint in OUT."""
     from builder.checkpoint import Checkpoint
     from builder.convert import convert as run_convert
@@ -102,13 +112,32 @@ def convert(src: Path, out: Path, scope: str, max_shard_gb: float, force: bool, 
 
     comm = comm_from_env(os.environ)
     ckpt = Checkpoint.open(src)
+    if (calib_input_ids or calib_text) and not calibrate:
+        fail("--calib-input-ids/--calib-text need --calibrate")
+    scales, calibration = None, None
+    if calibrate:
+        scales, calibration = _calibrate(src, calib_input_ids, calib_text, calib_dtype, quiet, comm.rank)
     total = sum(t.nbytes for t in checkpoint_tensors(ckpt.spec, ExpertFormat.NVFP4))
     with bar(total, "convert", _progress_enabled(quiet, comm.rank)) as advance:
-        result = run_convert(src, out, scope=scope, force=force, comm=comm,
-                             max_shard_bytes=int(max_shard_gb * 1e9), progress=_scaled(advance, comm.size))
+        result = run_convert(src, out, scope=scope, force=force, comm=comm, input_scales=scales,
+                             calibration=calibration, max_shard_bytes=int(max_shard_gb * 1e9),
+                             progress=_scaled(advance, comm.size))
     if comm.rank:
         return
     _report_convert(result.manifest, out, as_json)
+
+
+def _calibrate(src: Path, ids: Path | None, text: Path | None, dtype: str, quiet: bool, rank: int
+               ) -> tuple[dict[str, float], dict]:
+    """Every rank calibrates (same data, same result): no rank waits on another."""
+    import torch
+
+    from builder.calibrate import calibration_data, collect_amax, input_scales
+
+    data = calibration_data(src, input_ids=ids, text_file=text)
+    with bar(data.num_tokens, "calibrate", _progress_enabled(quiet, rank)) as advance:
+        amax = collect_amax(src, data, dtype=getattr(torch, dtype), progress=advance)
+    return input_scales(amax), {**data.describe(), "dtype": dtype, "amax": amax}
 
 
 def _scaled(advance: Callable[[int], None] | None, size: int) -> Callable[[int], None] | None:
@@ -132,17 +161,16 @@ def _report_convert(manifest: dict, out: Path, as_json: bool) -> None:
     click.echo(f"wrote {out} (NVFP4, {summary['files']} files, manifest trtkit_manifest.json)")
     if blocks:
         total = blocks["exact"] + blocks["fallback"]
-        click.echo(f"MXFP4 blocks: {blocks['exact']} exact, {blocks['fallback']} fallback "
-                   f"({blocks['zero_scale']} with scale byte 0) of {total}")
+        click.echo(f"MXFP4 blocks: {blocks['exact']} exact, {blocks['fallback']} fallback (requantized; "
+                   f"{blocks['zero_scale']} of them with scale byte 0) of {total}")
     else:
         click.echo("experts quantized from BF16 (NVFP4, Model Optimizer numerics)")
     if summary["weights_only"]:
         click.echo("note: weights-only (no activation input_scale yet); see the manifest")
 
 
-from trtkit.cli_runtime import forward as _forward  # noqa: E402
-
-main.add_command(_forward)
+main.add_command(forward)
+main.add_command(verify)
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,7 @@ from plugins.attention import apply_rope, attention, rope_cos_sin
 from plugins.moe import moe
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+Q_CHUNK = 1024  # query rows per attention call: float32 logits [B, Hq, Q_CHUNK, S] bound its memory
 # on_expert_input(layer, proj_name, expert, x): activations entering one expert projection (before any
 # activation quantization): "gate_up_proj" gets the MoE input rows routed to that expert [n, H],
 # "down_proj" the SwiGLU output [n, I].
@@ -87,8 +88,10 @@ def attention_block(x: torch.Tensor, w: AttentionWeights, spec: ModelSpec, layer
     q_start = cache.length if cache is not None else 0
     cache = cache.extend(k, v) if cache is not None else KVCache(k, v)
     window = spec.sliding_window if spec.is_sliding(layer) else None
-    o = attention(q, cache.k, cache.v, w.sinks, sm_scale=d ** -0.5, sliding_window=window,
-                  q_start=q_start)                                          # [B, T, Hq, D]
+    o = torch.cat([attention(q[:, s:s + Q_CHUNK], cache.k[:, :q_start + s + Q_CHUNK],
+                             cache.v[:, :q_start + s + Q_CHUNK], w.sinks, sm_scale=d ** -0.5,
+                             sliding_window=window, q_start=q_start + s)
+                   for s in range(0, t, Q_CHUNK)], dim=1)                   # [B, T, Hq, D]
     return F.linear(o.reshape(b, t, spec.q_dim), w.o_w, w.o_b), cache
 
 
@@ -138,9 +141,11 @@ class GptOssRuntime:
             b, t = (int(i) for i in bad[0])
             raise InputError(f"id {int(ids[b, t])} at [{b}][{t}] is outside the vocabulary "
                              f"(vocab_size {self.spec.vocab_size})")
-        if cache is not None and (len(cache) != self.spec.num_hidden_layers or cache[0].k.shape[0] != len(ids)):
-            raise InputError(f"KV cache holds {len(cache)} layers of batch {cache[0].k.shape[0]}; this model "
-                             f"has {self.spec.num_hidden_layers} layers and the ids batch {len(ids)}")
+        batches = sorted({c.k.shape[0] for c in cache}) if cache is not None else [len(ids)]
+        if cache is not None and (len(cache) != self.spec.num_hidden_layers or batches != [len(ids)]):
+            raise InputError(f"KV cache holds {len(cache)} layers of batch {batches}; this model has "
+                             f"{self.spec.num_hidden_layers} layers and the ids batch {len(ids)}; pass the "
+                             "cache returned by the previous forward")
 
     def forward(self, ids: torch.Tensor, cache: tuple[KVCache, ...] | None = None
                 ) -> tuple[torch.Tensor, tuple[KVCache, ...]]:

@@ -46,11 +46,10 @@ class LayerWeights:
 
 @dataclass(frozen=True)
 class HeadWeights:
-    """Outside the decoder layers: embeddings, final norm, lm_head (each loaded when needed)."""
+    """After the decoder layers: final norm and lm_head, in the compute dtype."""
 
-    embed: torch.Tensor | None = None    # [V, H], kept in the stored BF16 (rows are gathered, then cast)
-    norm: torch.Tensor | None = None     # [H]
-    lm_head: torch.Tensor | None = None  # [V, H]
+    norm: torch.Tensor     # [H]
+    lm_head: torch.Tensor  # [V, H]
 
 
 ATTENTION_TENSORS = {  # field -> tensor name under model.layers.N.self_attn.
@@ -119,7 +118,8 @@ def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype, emulate_w4a4: b
 
 
 def load_embed(ckpt: Checkpoint) -> torch.Tensor:
-    return ckpt.load("model.embed_tokens.weight")  # [V, H] as stored
+    """[V, H] as stored (BF16): rows are gathered first, then cast to the compute dtype."""
+    return ckpt.load("model.embed_tokens.weight")
 
 
 def load_head(ckpt: Checkpoint, dtype: torch.dtype) -> HeadWeights:

@@ -1,0 +1,111 @@
+"""Calibration: activation amax per expert projection, collected with the streaming runtime.
+
+`input_scale = float32(amax) / (6 * 448)`, one value per projection per layer: the maximum over all
+experts of |activation entering that projection| (gate_up: the MoE input of routed tokens; down: the
+SwiGLU output), exactly as Model Optimizer defines it. One sequence per forward, as its calibration
+loop runs, in BF16 by default (the dtype Model Optimizer calibrates the BF16 model in).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+
+from builder.checkpoint import Checkpoint
+from builder.errors import TrtkitError
+from builder.layout import experts_prefix
+from builder.runtime.hooks import AmaxCollector
+from plugins.formats.nvfp4 import E2M1_MAX, E4M3_MAX
+
+DEFAULT_TEXT = "calibration.txt"  # builder/data/calibration.txt, see its first paragraph
+DEFAULT_SEQ_LEN = 128
+
+
+class CalibrationError(TrtkitError):
+    """Calibration data cannot be read or tokenized."""
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    sequences: tuple[tuple[int, ...], ...]
+    source: str  # human description recorded in the manifest
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    def describe(self) -> dict:
+        return {"source": self.source, "sequences": len(self.sequences), "tokens": self.num_tokens}
+
+
+def _chunk(ids: list[int], seq_len: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(ids[i:i + seq_len]) for i in range(0, len(ids), seq_len) if ids[i:i + seq_len])
+
+
+def tokenize_text(src: Path, text: str) -> list[int]:
+    path = Path(src) / "tokenizer.json"
+    if not path.is_file():
+        raise CalibrationError(f"{path}: not found; calibration text needs the checkpoint's tokenizer, "
+                               "or pass --calib-input-ids IDS.json")
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path)).encode(text).ids
+
+
+def calibration_data(src: Path, *, input_ids: Path | None = None, text_file: Path | None = None,
+                     seq_len: int = DEFAULT_SEQ_LEN) -> CalibrationData:
+    """The calibration sequences from ids JSON, a text file, or the built-in default text."""
+    if input_ids is not None and text_file is not None:
+        raise CalibrationError("give --calib-input-ids or --calib-text, not both")
+    if input_ids is not None:
+        try:
+            data = json.loads(Path(input_ids).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CalibrationError(f"{input_ids}: cannot read calibration ids ({exc})") from exc
+        if not (isinstance(data, list) and data and all(isinstance(s, list) and s for s in data)
+                and all(isinstance(t, int) for s in data for t in s)):
+            raise CalibrationError(f"{input_ids}: expected a non-empty JSON list of non-empty lists of ints")
+        return CalibrationData(tuple(tuple(s) for s in data), f"ids file {input_ids}")
+    if text_file is not None:
+        try:
+            text = Path(text_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CalibrationError(f"{text_file}: cannot read calibration text ({exc})") from exc
+        source = f"text file {text_file}"
+    else:
+        text = files("builder").joinpath("data", DEFAULT_TEXT).read_text()
+        source = f"built-in default text (builder/data/{DEFAULT_TEXT})"
+    ids = tokenize_text(src, text)
+    if not ids:
+        raise CalibrationError(f"calibration text from {source} tokenized to nothing")
+    return CalibrationData(_chunk(ids, seq_len), f"{source}, tokenized with tokenizer.json, {seq_len}-token sequences")
+
+
+def input_scale(amax: float) -> torch.Tensor:
+    """Model Optimizer's activation scale: float32 amax / (6 * 448), a 0-d float32 tensor."""
+    return torch.tensor(amax, dtype=torch.float32) / (E2M1_MAX * E4M3_MAX)
+
+
+def collect_amax(src: Path, data: CalibrationData, *, dtype: torch.dtype = torch.bfloat16,
+                 stream: bool = True, progress: Callable[[int], None] | None = None
+                 ) -> dict[str, float]:
+    """{`model.layers.N.mlp.experts.<proj>`: amax} over the calibration sequences."""
+    from builder.runtime.model import GptOssRuntime
+
+    collector = AmaxCollector()
+    runtime = GptOssRuntime(Checkpoint.open(src), dtype=dtype, stream=stream, on_expert_input=collector)
+    for seq in data.sequences:
+        runtime.logits(torch.tensor([seq], dtype=torch.int64))
+        if progress:
+            progress(len(seq))
+    return {f"{experts_prefix(layer)}.{proj}": a for (layer, proj), a in sorted(collector.amax.items())}
+
+
+def input_scales(amax: dict[str, float]) -> dict[str, float]:
+    """{`<proj>_input_scale`: value} (values exactly representable in float32)."""
+    return {f"{base}_input_scale": float(input_scale(a)) for base, a in amax.items()}
