@@ -9,7 +9,7 @@ MODEL  ?=
 OUT    ?= build/engine
 SRC    ?= build/tiny-src
 
-.PHONY: setup setup-test test build-engine bench lint clean
+.PHONY: setup setup-test test build-engine bench lint clean recipes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ endif
 
 bench: setup-test
 	$(BIN)/python bench/run.py
+
+# Regenerate the checked-in recipe catalog (recipes/catalog/<model>/<gpu>/<isl>k<osl>k_<profile>/).
+recipes: setup
+	$(BIN)/python -m recipes.catalog
 
 lint: setup-test
 	$(BIN)/python -m ruff check plugins builder recipes deploy trtkit tests bench

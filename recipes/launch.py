@@ -1,0 +1,89 @@
+"""Shell launchers of a recipe: `serve.sh` (one node) and `slurm.sbatch` (srun + trtllm-llmapi-launch).
+
+Every value that reaches the shell goes through shlex.quote; defaults are overridable by environment
+variables (MODEL_DIR, PORT, REPLICA, CONTAINER_IMAGE, RECIPE_DIR) whose expansions are always quoted.
+"""
+
+from __future__ import annotations
+
+import re
+from shlex import quote
+
+from recipes.recipe import OPTIONS_FILE, PORT, TRTLLM_IMAGE, Recipe
+
+
+def _summary(r: Recipe) -> list[str]:
+    c, lay = r.cand, r.lay
+    return [
+        f"# trtkit recipe {r.profile.value}: {r.model.name} on {lay.tp} x {r.gpu.name} per instance, "
+        f"{c.replicas} replica(s), ISL {r.work.isl} / OSL {r.work.osl}",
+        f"# predicted per user {c.tps_per_user:.1f} tokens/s (TPOT {c.tpot_ms:.2f} ms), TTFT {c.ttft_ms:.1f} ms, "
+        f"{c.tps_per_gpu:.0f} tokens/s/GPU at {c.concurrency} requests per instance",
+    ]
+
+
+def _default(var: str, value: str) -> list[str]:
+    """`VAR` from the environment, else `value`. The default is quoted in a plain assignment: inside
+    "${VAR:-...}" bash would keep single quotes literally."""
+    return [f"DEFAULT_{var}={quote(value)}", f'{var}="${{{var}:-$DEFAULT_{var}}}"']
+
+
+def serve_sh(r: Recipe) -> str:
+    """One instance on one node; REPLICA=i picks the i-th group of GPUs and port PORT+i."""
+    tp, per_node = r.lay.tp, r.gpu.gpus_per_host
+    lines = ["#!/usr/bin/env bash", *_summary(r), "set -euo pipefail"]
+    if r.hosts > 1:
+        lines += [f"echo {quote(f'this instance spans {r.hosts} nodes ({tp} GPUs): launch it with slurm.sbatch or lws.yaml')} >&2",
+                  "exit 1", ""]
+        return "\n".join(lines)
+    replicas_per_node = per_node // tp
+    lines += [
+        *_default("MODEL_DIR", r.model_dir),
+        f"REPLICA=\"${{REPLICA:-0}}\"  # 0..{replicas_per_node - 1}: {replicas_per_node} instance(s) of {tp} "
+        f"GPU(s) fit one {per_node}-GPU node",
+        f"PORT=\"${{PORT:-{PORT}}}\"",
+        'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
+        f"if [ \"$REPLICA\" -ge {replicas_per_node} ]; then echo \"REPLICA must be < {replicas_per_node}\" >&2; "
+        "exit 1; fi",
+        f"FIRST=$((REPLICA * {tp}))",
+        f"export CUDA_VISIBLE_DEVICES=\"$(seq -s, \"$FIRST\" $((FIRST + {tp - 1})))\"",
+        f"exec trtllm-serve \"$MODEL_DIR\" --config \"$HERE\"/{quote(OPTIONS_FILE)} --host 0.0.0.0 "
+        f"--port \"$((PORT + REPLICA))\" --served_model_name {quote(r.served_name)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _job_name(r: Recipe) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", r.name)
+
+
+def slurm_sbatch(r: Recipe) -> str:
+    """One job = one instance; `--array` runs the replicas."""
+    tp, nodes, per_node = r.lay.tp, r.hosts, r.gpus_per_node
+    c = r.cand
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={_job_name(r)}",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --ntasks-per-node={per_node}",
+        f"#SBATCH --gpus-per-node={per_node}",
+        f"#SBATCH --array=0-{c.replicas - 1}",
+    ]
+    if per_node == r.gpu.gpus_per_host:
+        lines.append("#SBATCH --exclusive")
+    lines += [
+        *_summary(r),
+        f"# {tp} MPI ranks = {nodes} node(s) x {per_node} GPU(s); array task i = replica i of {c.replicas}",
+        "set -euo pipefail",
+        *_default("MODEL_DIR", r.model_dir),
+        *_default("CONTAINER_IMAGE", TRTLLM_IMAGE),
+        'RECIPE_DIR="${RECIPE_DIR:-$SLURM_SUBMIT_DIR}"',
+        f"PORT=\"${{PORT:-{PORT}}}\"",
+        f"srun --mpi=pmix --ntasks={tp} --ntasks-per-node={per_node} \\",
+        '  --container-image="$CONTAINER_IMAGE" --container-mounts="$MODEL_DIR:$MODEL_DIR,$RECIPE_DIR:$RECIPE_DIR" \\',
+        f"  trtllm-llmapi-launch trtllm-serve \"$MODEL_DIR\" --config \"$RECIPE_DIR\"/{quote(OPTIONS_FILE)} \\",
+        f"  --host 0.0.0.0 --port \"$PORT\" --served_model_name {quote(r.served_name)}",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Layout rules: which tensor/expert-parallel layouts TensorRT-LLM accepts for gpt-oss, with exact errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from recipes.errors import LayoutError
+from recipes.hardware import gpu
+from recipes.layout import Layout, check_fleet, check_layout, instance_sizes
+from recipes.model import resolve_model
+from recipes.precision import KvDtype, MoeBackend, QuantAlgo
+from recipes.search import valid_layouts
+
+B, H = QuantAlgo.W4A8_MXFP4_MXFP8, QuantAlgo.W4A16_MXFP4
+SPEC120 = resolve_model("gpt-oss-120b").spec
+SPEC20 = resolve_model("gpt-oss-20b").spec
+
+
+def lay(tp, ep, adp=False, backend=MoeBackend.TRTLLM, quant=B, kv=KvDtype.FP8):
+    return Layout(tp=tp, ep=ep, attention_dp=adp, moe_backend=backend, quant=quant, kv_dtype=kv)
+
+
+VALID = [
+    ("b200", lay(8, 1)),                                   # curated latency: TP8, EP1
+    ("b200", lay(2, 2, adp=True)),                         # curated throughput: TP2/EP2 + attention DP
+    ("b200", lay(8, 8, adp=True, quant=QuantAlgo.NVFP4)),  # DEP8, the trtkit NVFP4 checkpoint
+    ("h100", lay(4, 4, adp=True, backend=MoeBackend.TRITON, quant=H)),  # perf-overview H100 DEP4
+    ("h200", lay(8, 2, backend=MoeBackend.CUTLASS, quant=H, kv=KvDtype.AUTO)),
+    ("gb200", lay(72, 8, adp=True)),                       # a whole rack: attention DP 72, EP 8, MoE TP 9
+    ("gb200", lay(16, 16)),                                # beyond one HGX board, inside NVL72
+]
+
+
+@pytest.mark.parametrize("gpu_key,layout", VALID, ids=[f"{g}-{x.label}" for g, x in VALID])
+def test_valid_layouts_pass(gpu_key, layout):
+    check_layout(layout, SPEC120, gpu(gpu_key))
+
+
+INVALID = [
+    ("b200", lay(8, 3), "moe_expert_parallel_size=3 must divide tensor_parallel_size=8 (MoE TP = tp / ep = "
+     "8 / 3 = 2.67); use ep in [1, 2, 4, 8]"),
+    ("gb200", lay(72, 72, adp=True), "128 experts do not divide over moe_expert_parallel_size=72 "
+     "(128 / 72 = 1.78); use ep in [1, 2, 4, 8] (divides 128 and tp=72)"),
+    ("gb200", lay(6, 1), "64 attention heads do not split over tensor_parallel_size=6 (64 / 6 = 10.67); "
+     "use tp in [1, 2, 4, 8, 16, 32, 64] or enable attention DP"),
+    ("gb200", lay(7, 1, adp=True), "intermediate_size 2880 does not split over MoE TP = tp / ep = 7 / 1 = 7 "
+     "(2880 / 7 = 411.43); raise ep so that MoE TP divides 2880"),
+    ("b200", lay(1, 1, adp=True), "enable_attention_dp needs tensor_parallel_size > 1 (got 1): one GPU has no "
+     "ranks to split requests over; drop --attention-dp"),
+    ("b200", lay(16, 16, adp=True), "an instance of tensor_parallel_size=16 GPUs exceeds the B200 (HGX) NVLink "
+     "domain of 8 GPUs; use tp <= 8 and replicas across domains"),
+    ("h100", lay(8, 8, backend=MoeBackend.TRITON, quant=QuantAlgo.NVFP4),
+     "NVFP4 needs FP4 tensor cores (Blackwell, SM100) and never runs on Hopper; H100 SXM is hopper (SM90): "
+     "use W4A16_MXFP4 with the mxfp4 checkpoint"),
+    ("h200", lay(8, 8, backend=MoeBackend.TRITON, quant=B),
+     "W4A8_MXFP4_MXFP8 is not served on this architecture; H200 SXM is hopper (SM90): use W4A16_MXFP4 with "
+     "the mxfp4 checkpoint"),
+    ("h100", lay(8, 8, backend=MoeBackend.TRTLLM, quant=H),
+     "MoE backend TRTLLM is not available on H100 SXM (hopper); choose one of TRITON, CUTLASS"),
+    ("b200", lay(8, 8, backend=MoeBackend.TRITON), "MoE backend TRITON is not available on B200 (HGX) "
+     "(blackwell); choose one of TRTLLM, CUTLASS"),
+    ("h100", lay(8, 2, backend=MoeBackend.TRITON, quant=H), "MoE backend TRITON is expert-parallel only: MoE "
+     "TP = tp / ep = 8 / 2 = 4 must be 1; set ep = tp = 8 or use CUTLASS"),
+]
+
+
+@pytest.mark.parametrize("gpu_key,layout,message", INVALID, ids=[m.split(" ")[0] + m.split(" ")[1] for _, _, m in INVALID])
+def test_invalid_layouts_name_the_arithmetic(gpu_key, layout, message):
+    with pytest.raises(LayoutError) as exc:
+        check_layout(layout, SPEC120, gpu(gpu_key))
+    assert str(exc.value) == message
+
+
+def test_gpt_oss_20b_has_32_experts():
+    with pytest.raises(LayoutError, match=r"^32 experts do not divide over moe_expert_parallel_size=64"):
+        check_layout(lay(64, 64, adp=True), SPEC20, gpu("gb200"))
+    check_layout(lay(64, 32, adp=True), SPEC20, gpu("gb200"))
+
+
+def test_fleet_must_divide_into_instances():
+    assert check_fleet(8, 72, gpu("gb200")) == 9
+    with pytest.raises(LayoutError) as exc:
+        check_fleet(16, 72, gpu("gb200"))
+    assert str(exc.value) == ("72 GPUs do not divide into instances of 16 GPUs (72 / 16 = 4.50); use a GPU count "
+                              "that is a multiple of 16")
+
+
+def test_instance_sizes_stay_in_one_nvlink_domain():
+    assert instance_sizes(72, gpu("gb200")) == [1, 2, 3, 4, 6, 8, 9, 12, 18, 24, 36, 72]
+    assert instance_sizes(16, gpu("b200")) == [1, 2, 4, 8]
+    assert instance_sizes(12, gpu("h100")) == [1, 2, 3, 4, 6]
+
+
+def test_search_space_of_a_rack_holds_only_valid_layouts():
+    layouts = valid_layouts(resolve_model("gpt-oss-120b"), gpu("gb200"), instance_sizes(72, gpu("gb200")))
+    assert layouts, "the rack must have layouts"
+    assert all(128 % x.ep == 0 and x.tp % x.ep == 0 and x.tp <= 72 for x in layouts)
+    assert all(x.attention_dp or 64 % x.tp == 0 for x in layouts)
+    assert {x.tp for x in layouts if not x.attention_dp} == {1, 2, 4, 8}  # 16/32/64 do not divide 72
+    assert any(x.tp == 72 for x in layouts) and not any(x.tp == 72 and x.ep == 72 for x in layouts)
+
+
+def test_hopper_search_space_never_holds_w4a4():
+    for key in ("h100", "h200"):
+        layouts = valid_layouts(resolve_model("gpt-oss-120b"), gpu(key), [1, 2, 4, 8])
+        assert {x.quant for x in layouts} == {QuantAlgo.W4A16_MXFP4}
+        assert all(x.moe_tp == 1 for x in layouts if x.moe_backend is MoeBackend.TRITON)

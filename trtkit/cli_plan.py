@@ -1,0 +1,119 @@
+"""`trtkit plan`: search deployments and write recipes; `trtkit plan estimate`: one deployment's numbers.
+
+A thin layer over `recipes.*`: the library raises `TrtkitError`s, which `trtkit.cli` prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from recipes.hardware import gpus
+from recipes.precision import KvDtype, MoeBackend, QuantAlgo
+
+GPU_CHOICE = click.Choice(sorted(gpus()), case_sensitive=False)
+
+
+def _workload_options(f):
+    f = click.option("--osl", type=click.IntRange(min=1), required=False, help="Output tokens per request.")(f)
+    return click.option("--isl", type=click.IntRange(min=1), required=False, help="Input tokens per request.")(f)
+
+
+@click.group("plan", invoke_without_command=True)
+@click.option("--model", "model_name", help="gpt-oss-20b | gpt-oss-120b | a gpt-oss checkpoint folder.")
+@click.option("--gpu", "gpu_key", type=GPU_CHOICE, help="GPU type (catalog: recipes/data/gpus.yaml).")
+@click.option("--gpus", type=click.IntRange(min=1), default=None, help="Fleet size in GPUs.")
+@_workload_options
+@click.option("--max-ttft-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="SLA: time to first token, ms.")
+@click.option("--max-tpot-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="SLA: time per output token, ms.")
+@click.option("--min-tps-user", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="SLA: output tokens/s seen by each user.")
+@click.option("--target-users", type=click.IntRange(min=1), default=None,
+              help="Concurrent users to serve: size the fleet (fewest GPUs).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("trtkit-plan"), show_default=True,
+              help="Folder for frontier.png and the latency/balanced/throughput recipes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.pass_context
+def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: int | None, isl: int | None,
+         osl: int | None, max_ttft_ms: float | None, max_tpot_ms: float | None, min_tps_user: float | None,
+         target_users: int | None, out: Path, as_json: bool) -> None:
+    """Search every tensor/expert-parallel deployment of MODEL on GPUs; print the Pareto frontier of
+    tokens/s/GPU vs tokens/s/user and write the recipes of the latency, balanced and throughput picks."""
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [flag for flag, v in (("--model", model_name), ("--gpu", gpu_key), ("--isl", isl), ("--osl", osl))
+               if v is None]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (see `trtkit plan --help`)")
+    from recipes.hardware import gpu
+    from recipes.memory import Workload
+    from recipes.model import resolve_model
+    from recipes.plot import plot_frontier
+    from recipes.render import write_picks
+    from recipes.report import frontier_table, result_dict, summary
+    from recipes.search import PlanRequest, Sla, search
+
+    req = PlanRequest(model=resolve_model(model_name), gpu=gpu(gpu_key), work=Workload(isl, osl), gpus=gpus,
+                      sla=Sla(max_ttft_ms, max_tpot_ms, min_tps_user), target_users=target_users)
+    result = search(req)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = write_picks(result, out)
+    png = plot_frontier(result, out / "frontier.png")
+    if as_json:
+        doc = {**result_dict(result), "recipes": {p.value: str(f) for p, f in folders.items()},
+               "frontier_png": str(png)}
+        click.echo(json.dumps(doc))
+        return
+    click.echo(summary(result))
+    click.echo(frontier_table(result))
+    click.echo(f"wrote {png} and recipes {', '.join(str(f) for f in folders.values())}")
+
+
+@plan.command("estimate")
+@click.option("--model", "model_name", required=True, help="gpt-oss-20b | gpt-oss-120b | a checkpoint folder.")
+@click.option("--gpu", "gpu_key", type=GPU_CHOICE, required=True)
+@click.option("--tp", type=click.IntRange(min=1), required=True, help="tensor_parallel_size: GPUs of the instance.")
+@click.option("--ep", type=click.IntRange(min=1), default=1, show_default=True,
+              help="moe_expert_parallel_size (MoE TP = tp / ep).")
+@click.option("--attention-dp", is_flag=True, help="enable_attention_dp (batch then counts per rank).")
+@click.option("--batch", type=click.IntRange(min=1), required=True,
+              help="max_batch_size (per rank under attention DP).")
+@click.option("--isl", type=click.IntRange(min=1), required=True)
+@click.option("--osl", type=click.IntRange(min=1), required=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Requests the clients keep in flight (default: batch x attention-DP ranks).")
+@click.option("--moe-backend", type=click.Choice([b.value for b in MoeBackend]), default=None,
+              help="Default: the architecture's first backend that accepts this MoE TP.")
+@click.option("--quant", type=click.Choice([q.value for q in QuantAlgo]), default=None,
+              help="Expert precision. Default: NVFP4 on Blackwell, W4A16_MXFP4 on Hopper.")
+@click.option("--kv-dtype", type=click.Choice([k.value for k in KvDtype]), default=KvDtype.FP8.value,
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def estimate(model_name: str, gpu_key: str, tp: int, ep: int, attention_dp: bool, batch: int, isl: int, osl: int,
+             concurrency: int | None, moe_backend: str | None, quant: str | None, kv_dtype: str,
+             as_json: bool) -> None:
+    """Predict TTFT, TPOT, tokens/s/user and tokens/s/GPU of one deployment, with the arithmetic."""
+    from recipes.estimate import estimate as run_estimate
+    from recipes.hardware import gpu
+    from recipes.layout import Layout, default_backend
+    from recipes.memory import Workload
+    from recipes.model import resolve_model
+    from recipes.precision import ARCH_PRECISION
+
+    g = gpu(gpu_key)
+    moe_tp = tp // ep if ep and tp % ep == 0 else 0
+    lay = Layout(tp=tp, ep=ep, attention_dp=attention_dp,
+                 moe_backend=MoeBackend(moe_backend) if moe_backend else default_backend(g, moe_tp),
+                 quant=QuantAlgo(quant) if quant else ARCH_PRECISION[g.arch].quants[0], kv_dtype=KvDtype(kv_dtype))
+    est = run_estimate(resolve_model(model_name).spec, g, lay, batch, Workload(isl, osl), concurrency)
+    if as_json:
+        click.echo(json.dumps(est.to_dict()))
+        return
+    click.echo(f"{model_name} on {tp} x {g.name} ({lay.label}), batch {batch}, ISL {isl} / OSL {osl}")
+    click.echo(f"TTFT {est.ttft_ms:.1f} ms  TPOT {est.tpot_ms:.2f} ms  {est.tps_per_user:.1f} tokens/s/user  "
+               f"{est.tps_per_gpu:,.0f} tokens/s/GPU  fits memory: {est.fits_memory} "
+               f"(max concurrency {est.max_concurrency})")
