@@ -31,15 +31,17 @@ setup-test: $(VENV)/.test
 test: setup-test
 	$(BIN)/python -m pytest -q tests
 
-# The main job: checkpoint in, NVFP4 checkpoint out. MODEL=path converts your own gpt-oss folder;
-# without it the embedded tiny default is synthesized first.
+# The main job: checkpoint in, engine bundle out (NVFP4 checkpoint calibrated and verified against
+# the source, recipes per GPU type, manifest). MODEL=path builds your own gpt-oss folder; without it
+# the embedded tiny default is synthesized first. The bundle is re-checked after it is written.
 build-engine: setup
 ifeq ($(strip $(MODEL)),)
-	$(BIN)/trtkit synth --shape tiny --force $(SRC)
-	$(BIN)/trtkit convert --force $(SRC) $(OUT)
+	$(BIN)/trtkit synth --quiet --shape tiny --force $(SRC)
+	$(BIN)/trtkit build --force $(SRC) $(OUT)
 else
-	$(BIN)/trtkit convert --force $(MODEL) $(OUT)
+	$(BIN)/trtkit build --force $(MODEL) $(OUT)
 endif
+	$(BIN)/trtkit bundle check $(OUT)
 
 bench: setup-test
 	$(BIN)/python bench/run.py

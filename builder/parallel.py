@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-# Variables that MPICH (hydra), Open MPI and PMIx launchers set for every rank.
-LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# Variables that MPICH (hydra), Open MPI, PMIx and Slurm's srun (per job step) set for every rank.
+LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
+                      "SLURM_STEP_NUM_TASKS")
 
 
 class Comm(Protocol):

@@ -16,6 +16,7 @@ from builder.layout import ExpertFormat
 from builder.parallel import comm_from_env
 from builder.quant_config import SCOPES
 from builder.synth import SHAPES
+from trtkit.cli_deploy import build, bundle, launch
 from trtkit.cli_plan import plan
 from trtkit.cli_runtime import forward, verify
 
@@ -171,6 +172,9 @@ def _report_convert(manifest: dict, out: Path, as_json: bool) -> None:
 
 
 main.add_command(forward)
+main.add_command(build)
+main.add_command(bundle)
+main.add_command(launch)
 main.add_command(verify)
 main.add_command(plan)
 

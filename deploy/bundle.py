@@ -1,0 +1,144 @@
+"""The engine bundle: a verified NVFP4 checkpoint + recipes + verification report + manifest.
+
+    OUT/
+      checkpoint/            NVFP4 (W4A4, calibrated) in Model Optimizer's unified layout
+      recipes/<gpu>/<profile>/   TensorRT-LLM options YAML, serve.sh, Slurm, Kubernetes, Dynamo, recipe.yaml
+      verification.json      machine-readable report (exact weights/logits + W4A4-emulated logits)
+      VERIFICATION.md        the same, for people
+      README.md              for operators: what is inside, how to launch, predicted figures per GPU
+      manifest.json          sha256 of every file, source checksum, versions, creation time
+
+Hopper cannot run NVFP4 W4A4: its recipes point at the MXFP4 source checkpoint, recorded by path and
+checksum (or copied into `source/` with `include_source`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import TrtkitError
+from builder.manifest import MANIFEST_NAME as CKPT_MANIFEST
+from builder.manifest import trtkit_version
+from builder.safetensors_io import sha256_file
+
+BUNDLE_MANIFEST = "manifest.json"
+BUNDLE_FORMAT = "trtkit.bundle/1"
+TRTLLM_TARGET = "1.2"  # the TensorRT-LLM release line whose option keys the recipes use
+DEPENDENCIES = ("torch", "safetensors", "transformers", "nvidia-modelopt", "tensorrt_llm", "triton")
+
+
+class BundleError(TrtkitError):
+    """A bundle is incomplete, tampered with, or failed verification."""
+
+
+@dataclass(frozen=True)
+class VerifyPolicy:
+    """Gates of `trtkit build`. The weights-only check compares the NVFP4 checkpoint with its source
+    in float32 (an exact MXFP4 cast gives KL 0 and top-1 1.0); the W4A4 check emulates Blackwell's
+    4-bit activations and is reported honestly, gated only on a loose KL."""
+
+    max_kl: float = 1e-6
+    min_top1: float = 1.0
+    w4a4_max_kl: float = 0.05
+    num_tokens: int = 256
+
+
+def dependency_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in DEPENDENCIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def bundle_files(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` except the bundle manifest."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).as_posix() != BUNDLE_MANIFEST}
+
+
+def check_bundle(folder: Path) -> list[str]:
+    """Every problem with a bundle (empty when intact): missing, changed or unlisted files."""
+    path = Path(folder) / BUNDLE_MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: not found; {folder} is not a trtkit bundle (build one with trtkit build)")
+    try:
+        listed = json.loads(path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc!r}); rebuild the bundle") from exc
+    actual = bundle_files(Path(folder))
+    problems = [f"{name}: missing" for name in sorted(set(listed) - set(actual))]
+    problems += [f"{name}: sha256 differs from the manifest" for name in sorted(listed)
+                 if name in actual and actual[name] != listed[name]]
+    problems += [f"{name}: not listed in the manifest" for name in sorted(set(actual) - set(listed))]
+    return problems
+
+
+def write_verification(out: Path, exact: dict, w4a4: dict, policy: VerifyPolicy) -> bool:
+    passed = exact["passed"] and w4a4["passed"]
+    report = {"passed": passed, "policy": policy.__dict__, "weights_only": exact, "w4a4_emulated": w4a4}
+    (out / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# Verification", "",
+        f"Result: **{'PASSED' if passed else 'FAILED'}**", "",
+        "| check | KL mean | KL max | top-1 | max abs dlogit | exact expert tensors | gate | result |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r, gate in (("NVFP4 weights vs source (float32)", exact,
+                           f"KL <= {policy.max_kl:g}, top-1 >= {policy.min_top1:g}"),
+                          ("W4A4 emulated (Blackwell activations)", w4a4, f"KL <= {policy.w4a4_max_kl:g}")):
+        lines.append(f"| {name} | {r['kl_mean']:.3g} | {r['kl_max']:.3g} | {r['top1_agreement']:.4f} | "
+                     f"{r['max_abs_logit_diff']:.3g} | {len(r['exact_tensors'])}/"
+                     f"{len(r['exact_tensors']) + len(r['inexact_tensors'])} | {gate} | "
+                     f"{'pass' if r['passed'] else 'FAIL'} |")
+    lines += ["", f"Tokens: {exact['positions']} positions (deterministic ids, seed 0).", ""]
+    (out / "VERIFICATION.md").write_text("\n".join(lines))
+    return passed
+
+
+def run_verification(src: Path, ckpt: Path, policy: VerifyPolicy, log: Callable[[str], None]
+                     ) -> tuple[dict, dict]:
+    from builder.verify import Thresholds, verify
+
+    exact = verify(src, ckpt, num_tokens=policy.num_tokens,
+                   thresholds=Thresholds(max_kl=policy.max_kl, min_top1=policy.min_top1), log=log)
+    w4a4 = verify(src, ckpt, num_tokens=policy.num_tokens, emulate_w4a4=True,
+                  thresholds=Thresholds(max_kl=policy.w4a4_max_kl, min_top1=0.0), log=log)
+    return exact.to_json(), w4a4.to_json()
+
+
+def write_manifest(out: Path, *, src: Path, source_checksum: str, include_source: bool, extra: dict) -> dict:
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "trtkit_version": trtkit_version(),
+        "dependencies": dependency_versions(),
+        "tensorrt_llm_target": TRTLLM_TARGET,
+        "source": {"path": str(src.resolve()), "checksum": source_checksum,
+                   "copied_to": "source/" if include_source else None},
+        **extra,
+        "files": bundle_files(out),
+    }
+    (out / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def copy_source(src: Path, dest: Path) -> None:
+    dest.mkdir()
+    for p in sorted(src.iterdir()):
+        if p.is_file():
+            shutil.copyfile(p, dest / p.name)
+
+
+def source_checksum_of(ckpt_dir: Path) -> str:
+    manifest = json.loads((ckpt_dir / CKPT_MANIFEST).read_text())
+    return manifest["source"]["checksum"]

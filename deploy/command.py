@@ -1,0 +1,54 @@
+"""The exact command a recipe runs, as an argument list (never a shell string built from file values)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import TrtkitError
+from deploy.select import RecipeRef
+
+HOST = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: tuple[str, ...]
+    port: int
+    mode: str  # "single", "single-mpirun" or "slurm"
+    model_dir: Path
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+
+def model_dir_for(r: RecipeRef, bundle: Path | None, override: Path | None) -> Path:
+    """Where the recipe's checkpoint is: --model-dir, else the bundle's NVFP4 checkpoint or recorded
+    MXFP4 source (Hopper), else the path the recipe names."""
+    if override is not None:
+        return Path(override)
+    if bundle is not None:
+        if r.checkpoint == "nvfp4":
+            return bundle / "checkpoint"
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        copied = manifest["source"].get("copied_to")
+        return bundle / copied if copied else Path(manifest["source"]["path"])
+    return Path(r.doc["model"]["checkpoint_path"])
+
+
+def build_command(r: RecipeRef, model_dir: Path, port: int, world_size: int | None) -> Launch:
+    serve = ["trtllm-serve", str(model_dir), "--config", str(r.folder / r.doc["tensorrt_llm"]["options_file"]),
+             "--host", HOST, "--port", str(port), "--served_model_name", str(r.doc["model"]["served_name"])]
+    if world_size is not None and world_size > 1:
+        return Launch(("trtllm-llmapi-launch", *serve), port, "slurm", model_dir)
+    if (r.doc.get("launch") or {}).get("mpirun"):
+        return Launch(("mpirun", "-n", "1", *serve), port, "single-mpirun", model_dir)
+    return Launch(tuple(serve), port, "single", model_dir)
+
+
+def check_model_dir(model_dir: Path) -> None:
+    if not (model_dir / "config.json").is_file():
+        raise TrtkitError(f"{model_dir}: no config.json: the checkpoint this recipe serves is not there; "
+                          "pass --model-dir or copy the checkpoint")

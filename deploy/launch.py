@@ -1,0 +1,74 @@
+"""`trtkit launch`: check the node, pick (bundle) or validate (recipe) a recipe, start TensorRT-LLM.
+
+Under Slurm every rank runs this; rank 0 reads the node and decides, and broadcasts the decision so
+all ranks start the same command (`trtllm-llmapi-launch trtllm-serve ...`, ranks = world size).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import TrtkitError
+from builder.parallel import comm_from_env
+from deploy.command import Launch, build_command, check_model_dir, model_dir_for
+from deploy.node import read_node
+from deploy.select import choose, find_recipes, warnings
+from deploy.supervise import supervise
+
+DEFAULT_PORT = 8000
+DEFAULT_READY_TIMEOUT_S = 1800.0  # loading + autotuning + CUDA graph capture of a 120B model
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    target: Path
+    profile: str | None = None
+    dry_run: bool = False
+    inventory: Path | None = None
+    port: int = DEFAULT_PORT
+    model_dir: Path | None = None
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Decision:
+    launch: Launch
+    lines: tuple[str, ...]
+
+
+def decide(req: LaunchRequest, world_size: int | None) -> Decision:
+    target = Path(req.target)
+    recipes = find_recipes(target)
+    node = read_node(req.inventory)
+    recipe, why = choose(recipes, node, req.profile, world_size)
+    bundle = target if (target / "manifest.json").is_file() and (target / "recipes").is_dir() else None
+    launch = build_command(recipe, model_dir_for(recipe, bundle, req.model_dir), req.port, world_size)
+    lines = [*why, *(f"warning: {w}" for w in warnings(recipe, node)),
+             f"mode: {launch.mode}" + (f" ({world_size} ranks)" if world_size else ""),
+             f"model: {launch.model_dir}", f"command: {shlex.join(launch.argv)}"]
+    return Decision(launch, tuple(lines))
+
+
+def launch(req: LaunchRequest, env: Mapping[str, str], log: Callable[[str], None]) -> int:
+    comm = comm_from_env(env)
+    world_size = comm.size if comm.size > 1 else None
+    decision: Decision | TrtkitError | None = None
+    if comm.rank == 0:
+        try:
+            decision = decide(req, world_size)
+        except TrtkitError as exc:
+            decision = exc
+    decision = comm.bcast(decision)
+    if isinstance(decision, TrtkitError):
+        raise decision
+    if comm.rank == 0:
+        for line in decision.lines:
+            log(line)
+    if req.dry_run:
+        return 0
+    check_model_dir(decision.launch.model_dir)
+    health = decision.launch.health_url if comm.rank == 0 else None
+    return supervise(decision.launch.argv, health, req.ready_timeout_s, log)

@@ -1,0 +1,42 @@
+"""The plan-and-render step of `trtkit build`: for each GPU type, search one fleet (an 8-GPU node, or
+a GB200 NVL72 rack) for the bundle's model and write the latency/balanced/throughput recipes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from recipes.hardware import gpu
+from recipes.memory import Workload
+from recipes.model import resolve_model
+from recipes.render import recipes_of, write_recipe
+from recipes.search import PlanRequest, search
+
+
+def fleet_size(key: str) -> int:
+    """One NVLink domain: 8 GPUs on HGX boards, 72 on a GB200 NVL72 rack."""
+    return gpu(key).nvlink_domain
+
+
+def render_bundle_recipes(ckpt: Path, src: Path, out: Path, *, gpus: tuple[str, ...], isl: int, osl: int,
+                          source_checksum: str, final_checkpoint: Path) -> list[dict]:
+    """Write recipes/<gpu>/<profile>/ and return one summary row per recipe (for README/manifest).
+
+    The model is named after the source folder and points at the checkpoint's final place (the bundle
+    is still being built in a staging folder); `trtkit launch` resolves paths from the bundle anyway."""
+    model = replace(resolve_model(str(ckpt)), name=Path(src).resolve().name,
+                    path=str(Path(final_checkpoint).resolve()))
+    rows = []
+    for key in gpus:
+        result = search(PlanRequest(model=model, gpu=gpu(key), work=Workload(isl, osl), gpus=fleet_size(key)))
+        for profile, recipe in recipes_of(result).items():
+            folder = write_recipe(recipe, out / key / profile.value)
+            c = recipe.cand
+            rows.append({"gpu": key, "profile": profile.value, "path": str(folder.relative_to(out.parent)),
+                         "layout": c.layout.label, "checkpoint": recipe.checkpoint.value,
+                         "checkpoint_source": (str(Path(src).resolve()) if recipe.checkpoint.value == "mxfp4"
+                                               else "checkpoint/"),
+                         "source_checksum": source_checksum if recipe.checkpoint.value == "mxfp4" else None,
+                         "tps_per_user": round(c.tps_per_user, 1), "tps_per_gpu": round(c.tps_per_gpu, 1),
+                         "ttft_ms": round(c.ttft_ms, 1), "gpus": c.fleet_gpus})
+    return rows

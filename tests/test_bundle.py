@@ -1,0 +1,100 @@
+"""`trtkit build` bundles: contents, verification gate, checksums, determinism, tampering."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.build import BuildOptions, build
+from deploy.bundle import BundleError, VerifyPolicy, check_bundle
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trtkit.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_mxfp4, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "engine"
+    build(tiny_mxfp4, out, BuildOptions(), log=lambda m: None)
+    return out
+
+
+def test_bundle_contents(bundle, tiny_mxfp4):
+    names = {p.name for p in bundle.iterdir()}
+    assert names == {"checkpoint", "recipes", "verification.json", "VERIFICATION.md", "manifest.json", "README.md"}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for key in ("created", "trtkit_version", "dependencies", "tensorrt_llm_target", "source", "files"):
+        assert key in manifest, key
+    assert manifest["source"]["path"] == str(tiny_mxfp4.resolve())
+    assert manifest["dependencies"]["torch"] and "tensorrt_llm" in manifest["dependencies"]
+    assert manifest["smoke_test"]["ran"] is False
+    recipes = sorted(p.parent.relative_to(bundle / "recipes").as_posix()
+                     for p in (bundle / "recipes").glob("*/*/recipe.yaml"))
+    assert recipes == [f"{g}/{p}" for g in ("b200", "gb200", "h100", "h200")
+                       for p in ("balanced", "latency", "throughput")]
+    for doc in (yaml.safe_load(p.read_text()) for p in (bundle / "recipes").glob("h*/*/recipe.yaml")):
+        assert doc["model"]["checkpoint"] == "mxfp4"   # Hopper never serves NVFP4 W4A4
+    report = json.loads((bundle / "verification.json").read_text())
+    assert report["passed"] and report["weights_only"]["kl_max"] == 0.0
+    assert report["weights_only"]["top1_agreement"] == 1.0
+    assert report["w4a4_emulated"]["kl_mean"] > 0
+    ckpt_manifest = json.loads((bundle / "checkpoint" / "trtkit_manifest.json").read_text())
+    assert ckpt_manifest["quantization"]["weights_only"] is False
+    assert "Predicted figures" in (bundle / "README.md").read_text()
+    assert check_bundle(bundle) == []
+
+
+def test_bundle_check_detects_tampering(bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    r = cli("bundle", "check", str(copy))
+    assert r.returncode == 0, r.stderr
+    target = copy / "recipes" / "b200" / "balanced" / "llm_options.yaml"
+    target.write_text(target.read_text().replace("max_batch_size", "max_batch_size ", 1))
+    (copy / "extra.txt").write_text("x")
+    (copy / "checkpoint" / "tokenizer.json").unlink()
+    r = cli("bundle", "check", str(copy))
+    assert r.returncode == 1
+    assert "recipes/b200/balanced/llm_options.yaml: sha256 differs" in r.stderr
+    assert "extra.txt: not listed in the manifest" in r.stderr
+    assert "checkpoint/tokenizer.json: missing" in r.stderr
+
+
+def test_failed_verification_fails_the_build_and_writes_nothing(tiny_mxfp4, tmp_path):
+    out = tmp_path / "engine"
+    strict = VerifyPolicy(w4a4_max_kl=0.0)  # W4A4 emulation always has some KL: must fail
+    with pytest.raises(BundleError, match="verification failed: .* W4A4 KL mean"):
+        build(tiny_mxfp4, out, BuildOptions(policy=strict), log=lambda m: None)
+    assert not out.exists() and not (tmp_path / ".engine.partial").exists()
+
+
+def test_build_is_deterministic_but_for_time_stamps(tiny_mxfp4, bundle, tmp_path):
+    """The same source into the same OUT twice: every file identical except manifest's `created`."""
+    out = bundle.parent / "engine-again"
+    again_src = bundle.parent / "again"
+    shutil.copytree(bundle, again_src)  # keep the session bundle; rebuild in its place
+    build(tiny_mxfp4, bundle, BuildOptions(force=True), log=lambda m: None)
+    a = json.loads((again_src / "manifest.json").read_text())
+    b = json.loads((bundle / "manifest.json").read_text())
+    assert a["files"] == b["files"]
+    assert {k: v for k, v in a.items() if k != "created"} == {k: v for k, v in b.items() if k != "created"}
+    assert not out.exists()
+
+
+def test_cli_build_include_source(tiny_mxfp4, tmp_path):
+    r = cli("build", "--gpus", "h100,b200", "--include-source", "--json", str(tiny_mxfp4), str(tmp_path / "e"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["verification"] == "passed" and summary["fallback_blocks"] == 0
+    assert sorted({x.split("/")[0] for x in summary["recipes"]}) == ["b200", "h100"]
+    assert (tmp_path / "e" / "source" / "config.json").is_file()
+    bad = cli("build", "--gpus", "a100", str(tiny_mxfp4), str(tmp_path / "f"))
+    assert bad.returncode == 2 and "choose from h100, h200, b200, gb200" in bad.stderr

@@ -1,0 +1,222 @@
+"""`trtkit launch`: selection and refusal on a grid of nodes, exact dry-run commands (single and
+multi-node under MPI), and supervision of a real child process standing in for the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.build import BuildOptions, build
+
+DATA = Path(__file__).parent / "data"
+INV = DATA / "inventories"
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trtkit.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_mxfp4, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("launch") / "engine"
+    build(tiny_mxfp4, out, BuildOptions(), log=lambda m: None)
+    return out
+
+
+def dry(bundle: Path, inventory: str, *extra: str) -> subprocess.CompletedProcess:
+    return cli("launch", str(bundle), "--dry-run", "--inventory", str(INV / f"{inventory}.yaml"), *extra)
+
+
+def command_of(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("command: ")).removeprefix("command: ")
+
+
+@pytest.mark.parametrize("inventory, chosen", [
+    ("h100x8", "h100/balanced"),
+    ("h200x8", "h200/balanced"),
+    ("b200x8", "b200/balanced"),
+    ("gb200x4", "gb200/throughput"),  # the balanced GB200 pick spans 2 trays
+    ("h100x2", "h100/throughput"),    # balanced needs 8 GPUs
+])
+def test_selection(bundle, tiny_mxfp4, inventory, chosen):
+    r = dry(bundle, inventory)
+    assert r.returncode == 0, r.stderr
+    assert f"chosen: {chosen} ({bundle / 'recipes' / chosen})" in r.stdout
+    gpu, profile = chosen.split("/")
+    doc = yaml.safe_load((bundle / "recipes" / chosen / "recipe.yaml").read_text())
+    assert doc["model"]["checkpoint"] == ("mxfp4" if gpu.startswith("h") else doc["model"]["checkpoint"])
+    # NVFP4 recipes serve the bundle's checkpoint; MXFP4 ones (always on Hopper) the recorded source
+    model = bundle / "checkpoint" if doc["model"]["checkpoint"] == "nvfp4" else tiny_mxfp4.resolve()
+    assert command_of(r.stdout) == (
+        f"trtllm-serve {model} --config {bundle}/recipes/{gpu}/{profile}/llm_options.yaml "
+        f"--host 0.0.0.0 --port 8000 --served_model_name tiny-mxfp4")
+
+
+def test_requested_profile_and_port(bundle):
+    r = dry(bundle, "b200x8", "--profile", "latency", "--port", "9100")
+    assert "chosen: b200/latency" in r.stdout and "--port 9100" in command_of(r.stdout)
+    r = dry(bundle, "gb200x4", "--profile", "balanced")
+    assert "requested profile 'balanced' does not fit; using 'throughput'" in r.stdout
+
+
+@pytest.mark.parametrize("inventory, reasons", [
+    ("h100x8-mig", ["MIG enabled on GPU(s) [0]", "NVFP4 on Hopper"]),
+    ("a100-40gb", ["wrong architecture", "too little memory: 39 GB per GPU"]),
+    ("h100-40gb", ["too little memory: 40 GB per GPU, the recipe was planned for 80 GB"]),
+])
+def test_refusals_list_every_reason(bundle, inventory, reasons):
+    r = dry(bundle, inventory)
+    assert r.returncode == 2, r.stdout
+    err = r.stderr.strip()
+    assert err.startswith("trtkit: error: no recipe fits") and len(err.splitlines()) == 1
+    for reason in reasons:
+        assert reason in err, reason
+    assert err.count(" | ") == 11  # all 12 recipes, each with its reasons
+
+
+def test_recipe_validation_against_node(bundle):
+    """A single recipe is validated, not picked: a B200 recipe on an H100 node is refused."""
+    r = cli("launch", str(bundle / "recipes" / "b200" / "balanced"), "--dry-run", "--inventory",
+            str(INV / "h100x8.yaml"))
+    assert r.returncode == 2
+    assert "wrong architecture" in r.stderr and "NVFP4 on Hopper" in r.stderr
+
+
+def test_nvml_absent_without_inventory(bundle):
+    r = cli("launch", str(bundle), "--dry-run")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("trtkit: error: cannot read the GPUs through NVML")
+    assert "--inventory FILE" in r.stderr
+
+
+def multinode_recipe(bundle: Path, tmp_path: Path, tp: int) -> Path:
+    """The GB200 balanced recipe cut to `tp` ranks over 2 trays (1 GPU each), for an MPI dry run."""
+    folder = tmp_path / "multi"
+    shutil.copytree(bundle / "recipes" / "gb200" / "balanced", folder)
+    doc = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert doc["gpu"]["nodes_per_instance"] == 2  # the real pick spans two 4-GPU trays
+    doc["layout"]["tensor_parallel_size"] = tp
+    doc["gpu"].update(per_instance=tp, gpus_per_node=tp // 2)
+    doc["model"]["checkpoint_path"] = str(bundle / "checkpoint")
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder
+
+
+def test_multinode_dry_run_under_mpi(bundle, tmp_path):
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+    folder = multinode_recipe(bundle, tmp_path, tp=2)
+    args = [mpiexec, "-n", "2", sys.executable, "-m", "trtkit.cli", "launch", str(folder), "--dry-run",
+            "--inventory", str(INV / "gb200x4.yaml")]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stdout.count("command: ") == 1  # rank 0 decides and reports; rank 1 follows
+    assert "mode: slurm (2 ranks)" in r.stdout
+    assert command_of(r.stdout) == (
+        f"trtllm-llmapi-launch trtllm-serve {bundle}/checkpoint --config {folder}/llm_options.yaml "
+        f"--host 0.0.0.0 --port 8000 --served_model_name tiny-mxfp4")
+    no_imex = subprocess.run([*args[:-1], str(INV / "gb200x4-no-imex.yaml")], capture_output=True, text=True,
+                             timeout=300)
+    assert no_imex.returncode == 2 and "no IMEX channel" in no_imex.stderr
+    single = cli("launch", str(folder), "--dry-run", "--inventory", str(INV / "gb200x4.yaml"))
+    assert single.returncode == 2 and "the recipe spans 2 nodes: launch it under Slurm" in single.stderr
+
+
+def test_world_size_must_match(bundle, tmp_path):
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+    folder = multinode_recipe(bundle, tmp_path, tp=4)
+    r = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "trtkit.cli", "launch", str(folder),
+                        "--dry-run", "--inventory", str(INV / "gb200x4.yaml")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "world size 2 != tensor_parallel_size 4" in r.stderr
+
+
+# ---- supervision with a real stand-in server ---------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_env(tmp_path) -> dict:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "trtllm-serve"
+    exe.write_text(f"#!{sys.executable}\n" + (DATA / "fake_trtllm_serve.py").read_text())
+    exe.chmod(0o755)
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["FAKE_ARGV_FILE"] = str(tmp_path / "argv.json")
+    return env
+
+
+def start(bundle: Path, env: dict, port: int, timeout: float = 30) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trtkit.cli", "launch", str(bundle), "--inventory",
+                             str(INV / "b200x8.yaml"), "--port", str(port), "--ready-timeout", str(timeout)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc: subprocess.Popen, needle: str, limit: float = 120) -> str:
+    seen, deadline = "", time.time() + limit
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if needle in line or (not line and proc.poll() is not None):
+            return seen
+    raise AssertionError(f"{needle!r} not seen in: {seen}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_ready_then_signal_is_forwarded(bundle, fake_env, sig):
+    port = free_port()
+    proc = start(bundle, fake_env, port)
+    out = wait_for(proc, "server ready")
+    assert f"server ready: http://127.0.0.1:{port}/health" in out
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=60)
+    assert f"fake server: got signal {int(sig)}" in rest
+    assert proc.returncode == 0  # the server's own exit code
+
+
+def test_never_ready_times_out(bundle, fake_env):
+    fake_env["FAKE_MODE"] = "never"
+    proc = start(bundle, fake_env, free_port(), timeout=2)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3
+    assert "error: the server was not ready after 2 s" in out
+
+
+def test_crash_before_ready(bundle, fake_env):
+    fake_env["FAKE_MODE"] = "crash"
+    proc = start(bundle, fake_env, free_port())
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 7
+    assert "fake server: crashing" in out and "error: the server exited with code 7 before it was ready" in out
+
+
+def test_shell_metacharacters_stay_plain_arguments(bundle, fake_env, tmp_path):
+    folder = tmp_path / "evil"
+    shutil.copytree(bundle / "recipes" / "b200" / "latency", folder)
+    doc = yaml.safe_load((folder / "recipe.yaml").read_text())
+    pwned = tmp_path / "pwned"
+    doc["model"]["served_name"] = f"x; touch {pwned} $(touch {pwned}) `touch {pwned}` | cat"
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(doc))
+    fake_env["FAKE_MODE"] = "crash"  # record argv, then exit
+    r = cli("launch", str(folder), "--inventory", str(INV / "b200x8.yaml"), "--model-dir",
+            str(bundle / "checkpoint"), "--port", str(free_port()), env=fake_env)
+    assert r.returncode == 7
+    argv = json.loads(Path(fake_env["FAKE_ARGV_FILE"]).read_text())
+    assert argv[argv.index("--served_model_name") + 1] == doc["model"]["served_name"]
+    assert not pwned.exists()
