@@ -94,15 +94,15 @@ def input_scale(amax: float) -> torch.Tensor:
 def collect_amax(src: Path, data: CalibrationData, *, dtype: torch.dtype = torch.bfloat16,
                  stream: bool = True, progress: Callable[[int], None] | None = None
                  ) -> dict[str, float]:
-    """{`model.layers.N.mlp.experts.<proj>`: amax} over the calibration sequences."""
+    """{`model.layers.N.mlp.experts.<proj>`: amax} over the calibration sequences; `progress(1)` is
+    called after each layer."""
     from builder.runtime.model import GptOssRuntime
 
     collector = AmaxCollector()
     runtime = GptOssRuntime(Checkpoint.open(src), dtype=dtype, stream=stream, on_expert_input=collector)
-    for seq in data.sequences:
-        runtime.logits(torch.tensor([seq], dtype=torch.int64))
-        if progress:
-            progress(len(seq))
+    # one sequence per forward (as Model Optimizer's loop), layer-outer so each layer is read once;
+    # the lm_head is never computed: calibration needs the expert inputs only
+    runtime.hidden_many([torch.tensor([seq], dtype=torch.int64) for seq in data.sequences], progress)
     return {f"{experts_prefix(layer)}.{proj}": a for (layer, proj), a in sorted(collector.amax.items())}
 
 

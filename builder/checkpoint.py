@@ -103,15 +103,14 @@ class Checkpoint:
         stop = rows if stop is None else min(stop, rows)
         row_bytes = spec.nbytes // rows if rows else 0
         offset = header.data_start + header.offsets[name] + start * row_bytes
-        buf = bytearray((stop - start) * row_bytes)
-        view, done = memoryview(buf), 0
-        while done < len(buf):
+        flat = torch.empty((stop - start) * row_bytes, dtype=torch.uint8)  # no zero-fill, unlike bytearray
+        view, done = memoryview(flat.numpy()), 0
+        while done < len(view):
             n = os.preadv(self._fd(shard), [view[done:]], offset + done)
             if n <= 0:
                 raise CheckpointError(f"{self.folder / shard}: truncated while reading tensor {name}; "
                                       "re-download or re-copy this shard")
             done += n
-        flat = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
         shape = (stop - start, *spec.shape[1:]) if spec.shape else ()
         return flat.view(spec.dtype).reshape(shape)
 

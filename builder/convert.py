@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,19 @@ from builder.manifest import build_manifest, hash_files, write_manifest
 from builder.parallel import Comm, SerialComm
 from builder.quant_config import SCOPES, hf_quant_config, inline_quantization_config
 from builder.spec import with_legacy_rope
-from builder.writer import (DEFAULT_MAX_SHARD_BYTES, INDEX_NAME, atomic_output, check_free_space,
-                            index_json, plan_shards, write_json, write_shards)
+from builder.writer import (
+    DEFAULT_MAX_SHARD_BYTES,
+    INDEX_NAME,
+    atomic_output,
+    check_free_space,
+    index_json,
+    plan_shards,
+    write_json,
+    write_shards,
+)
 from plugins.formats.cast import CastStats
 
-ROW_CHUNK_BYTES = 64 << 20
+ROW_CHUNK_BYTES = 16 << 20
 # Top-level source files we regenerate or never copy; every other regular file is copied verbatim.
 REGENERATED = {"config.json", INDEX_NAME, "hf_quant_config.json", "trtkit_manifest.json"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
@@ -127,7 +136,7 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
     copy, skipped = aux_files(src)
     check_free_space(out, sum(s.nbytes for s in shards) + sum(p.stat().st_size for p in copy))
 
-    with ThreadPoolExecutor(max_workers=1) as pool, atomic_output(out, force, comm) as tmp:
+    with one_torch_thread(), ThreadPoolExecutor(max_workers=1) as pool, atomic_output(out, force, comm) as tmp:
         # hash this rank's share of the source files in the background while converting
         source_files = ckpt.source_files()
         mine = [p for i, p in enumerate(source_files) if i % comm.size == comm.rank]
@@ -154,6 +163,18 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
     for s in stats.values():
         total = s if total is None else total + s
     return ConvertResult(out, total, comm.bcast(manifest))
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Conversion overlaps three streams (tensor work, writing + hashing the output, hashing the
+    source); torch's own intra-op threads would fight the other two for the cores, so it gets one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _merge_stats(parts: list[dict[str, CastStats]]) -> dict[str, CastStats]:

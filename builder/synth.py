@@ -19,8 +19,16 @@ from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors
 from builder.parallel import Comm, SerialComm
 from builder.spec import ModelSpec, RopeSpec
 from builder.tokenizer_files import write_tokenizer_files
-from builder.writer import (DEFAULT_MAX_SHARD_BYTES, INDEX_NAME, atomic_output, check_free_space,
-                            index_json, plan_shards, write_json, write_shards)
+from builder.writer import (
+    DEFAULT_MAX_SHARD_BYTES,
+    INDEX_NAME,
+    atomic_output,
+    check_free_space,
+    index_json,
+    plan_shards,
+    write_json,
+    write_shards,
+)
 
 ROWS_PER_CHUNK_BYTES = 64 << 20  # generate at most ~64 MiB of a tensor at a time
 MXFP4_MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router",

@@ -15,8 +15,15 @@ from builder.calibrate import calibration_data, collect_amax, input_scales
 from builder.convert import convert
 from builder.parallel import SerialComm
 from builder.writer import atomic_output
-from deploy.bundle import (BundleError, VerifyPolicy, copy_source, run_verification, source_checksum_of,
-                           write_manifest, write_verification)
+from deploy.bundle import (
+    BundleError,
+    VerifyPolicy,
+    copy_source,
+    run_verification,
+    source_checksum_of,
+    write_manifest,
+    write_verification,
+)
 from deploy.operator_readme import write_operator_readme
 from deploy.recipes_step import render_bundle_recipes
 from deploy.smoke import smoke_test

@@ -7,7 +7,6 @@ import fnmatch
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -19,15 +18,15 @@ from builder.manifest import MANIFEST_NAME, verify_manifest
 from builder.spec import ModelSpec
 
 # The tiny shape, spelled out here (not taken from builder.layout) so the layout is checked independently.
-E, H, I, LAYERS = 8, 128, 96, 2
+E, H, INTER, LAYERS = 8, 128, 96, 2
 # nvfp4-gptoss-layout.md: input-major packed weights, one 0-d weight_scale_2 per projection.
 EXPECTED_EXPERT_LAYOUT = {
-    "gate_up_proj": (torch.uint8, (E, H // 2, 2 * I)),
-    "gate_up_proj_weight_scale": (torch.float8_e4m3fn, (E, H // 16, 2 * I)),
+    "gate_up_proj": (torch.uint8, (E, H // 2, 2 * INTER)),
+    "gate_up_proj_weight_scale": (torch.float8_e4m3fn, (E, H // 16, 2 * INTER)),
     "gate_up_proj_weight_scale_2": (torch.float32, ()),
-    "gate_up_proj_bias": (torch.bfloat16, (E, 2 * I)),
-    "down_proj": (torch.uint8, (E, I // 2, H)),
-    "down_proj_weight_scale": (torch.float8_e4m3fn, (E, I // 16, H)),
+    "gate_up_proj_bias": (torch.bfloat16, (E, 2 * INTER)),
+    "down_proj": (torch.uint8, (E, INTER // 2, H)),
+    "down_proj_weight_scale": (torch.float8_e4m3fn, (E, INTER // 16, H)),
     "down_proj_weight_scale_2": (torch.float32, ()),
     "down_proj_bias": (torch.bfloat16, (E, H)),
 }

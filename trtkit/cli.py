@@ -27,14 +27,14 @@ def fail(message: str, code: int = 1) -> None:
 
 
 @contextmanager
-def bar(total: int, desc: str, enabled: bool):
-    """A byte progress bar (rate and ETA) on stderr; yields the `advance(nbytes)` callback."""
+def bar(total: int, desc: str, enabled: bool, unit: str = "B"):
+    """A progress bar (rate and ETA) on stderr, in bytes by default; yields the `advance(n)` callback."""
     if not enabled:
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024,
               file=sys.stderr, dynamic_ncols=True) as t:
         yield t.update
 
@@ -135,9 +135,11 @@ def _calibrate(src: Path, ids: Path | None, text: Path | None, dtype: str, quiet
     import torch
 
     from builder.calibrate import calibration_data, collect_amax, input_scales
+    from builder.checkpoint import Checkpoint
 
     data = calibration_data(src, input_ids=ids, text_file=text)
-    with bar(data.num_tokens, "calibrate", _progress_enabled(quiet, rank)) as advance:
+    layers = Checkpoint.open(src).spec.num_hidden_layers
+    with bar(layers, f"calibrate {data.num_tokens} tokens", _progress_enabled(quiet, rank), "layer") as advance:
         amax = collect_amax(src, data, dtype=getattr(torch, dtype), progress=advance)
     return input_scales(amax), {**data.describe(), "dtype": dtype, "amax": amax}
 

@@ -147,15 +147,22 @@ class GptOssRuntime:
                              f"{self.spec.num_hidden_layers} layers and the ids batch {len(ids)}; pass the "
                              "cache returned by the previous forward")
 
-    def forward(self, ids: torch.Tensor, cache: tuple[KVCache, ...] | None = None
-                ) -> tuple[torch.Tensor, tuple[KVCache, ...]]:
-        """ids int64 [B, T] continuing `cache` (None: from position 0) ->
-        (logits float32 [B, T, V], cache extended by T positions)."""
+    def _embed_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings of ids [B, T] -> [B, T, H]; streaming reads only the rows it needs."""
+        if self._embed is not None:
+            return self._embed[ids]
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        name = "model.embed_tokens.weight"
+        rows = torch.cat([self.ckpt.load_rows(name, int(i), int(i) + 1) for i in uniq])  # [U, H]
+        return rows[inverse]
+
+    def hidden(self, ids: torch.Tensor, cache: tuple[KVCache, ...] | None = None
+               ) -> tuple[torch.Tensor, tuple[KVCache, ...]]:
+        """ids int64 [B, T] -> (last decoder layer's output [B, T, H] before the final norm, cache).
+        Calibration stops here: it needs the expert inputs, not the logits."""
         self._check_ids(ids, cache)
         q_start = cache[0].length if cache is not None else 0
-        embed = self._embed if self._embed is not None else load_embed(self.ckpt)
-        x = embed[ids].to(self.dtype)                                      # [B, T, H]
-        del embed
+        x = self._embed_rows(ids).to(self.dtype)                           # [B, T, H]
         rope = rope_tables(self.spec, q_start, ids.shape[1], self.dtype)
         new_cache = []
         for i in range(self.spec.num_hidden_layers):
@@ -164,9 +171,34 @@ class GptOssRuntime:
                                  self.on_expert_input)
             new_cache.append(c)
             del lw  # streaming: the layer is freed here
+        return x, tuple(new_cache)
+
+    def hidden_many(self, seqs: list[torch.Tensor], progress: Callable[[int], None] | None = None
+                    ) -> list[torch.Tensor]:
+        """Sequences of different lengths, each int64 [1, T_i], run layer-outer: layer i is loaded
+        once (streaming) and every sequence passes through it before the next layer is read.
+        Returns each sequence's last hidden state [1, T_i, H]; what calibration feeds on."""
+        for ids in seqs:
+            self._check_ids(ids, None)
+        xs = [self._embed_rows(ids).to(self.dtype) for ids in seqs]        # [1, T_i, H] each
+        ropes = [rope_tables(self.spec, 0, ids.shape[1], self.dtype) for ids in seqs]
+        for i in range(self.spec.num_hidden_layers):
+            lw = self._layers[i] if self._layers is not None else self._load(i)
+            xs = [decoder_layer(x, lw, self.spec, i, rope, None, self.on_expert_input)[0]
+                  for x, rope in zip(xs, ropes, strict=True)]
+            del lw
+            if progress:
+                progress(1)
+        return xs
+
+    def forward(self, ids: torch.Tensor, cache: tuple[KVCache, ...] | None = None
+                ) -> tuple[torch.Tensor, tuple[KVCache, ...]]:
+        """ids int64 [B, T] continuing `cache` (None: from position 0) ->
+        (logits float32 [B, T, V], cache extended by T positions)."""
+        x, new_cache = self.hidden(ids, cache)
         head = self._head if self._head is not None else load_head(self.ckpt, self.dtype)
         x = rms_norm(x, head.norm, self.spec.rms_norm_eps)
-        return F.linear(x, head.lm_head).float(), tuple(new_cache)         # [B, T, V]
+        return F.linear(x, head.lm_head).float(), new_cache                # [B, T, V]
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Prefill only: float32 [B, T, V]."""
