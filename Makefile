@@ -9,7 +9,7 @@ MODEL  ?=
 OUT    ?= build/engine
 SRC    ?= build/tiny-src
 
-.PHONY: setup setup-test test build-engine bench lint clean recipes
+.PHONY: setup setup-test test build-engine bench bench-gpu lint clean recipes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ endif
 
 bench: setup-test
 	$(BIN)/python bench/run.py
+
+# The plugin kernels on one NVIDIA H100/H200 (BENCHMARKS.md, issue 6): a CUDA build of torch + triton.
+bench-gpu: setup-test
+	$(BIN)/python bench/bench_gpu.py --out build/bench_gpu.json
 
 # Regenerate the checked-in recipe catalog (recipes/catalog/<model>/<gpu>/<isl>k<osl>k_<profile>/).
 recipes: setup

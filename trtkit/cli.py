@@ -18,6 +18,7 @@ from builder.quant_config import SCOPES
 from builder.synth import SHAPES
 from trtkit.cli_deploy import build, bundle, launch
 from trtkit.cli_plan import plan
+from trtkit.cli_plugins import plugins as plugins_cli
 from trtkit.cli_runtime import forward, verify
 
 
@@ -179,6 +180,7 @@ main.add_command(bundle)
 main.add_command(launch)
 main.add_command(verify)
 main.add_command(plan)
+main.add_command(plugins_cli)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,412 @@
+"""`make bench-gpu`: the plugin kernels on an NVIDIA GPU (H100/H200), every figure of BENCHMARKS.md
+"Issue 6" measured in one process, each against a ceiling or baseline measured in the same run.
+
+  ceilings   device-to-device copy bandwidth (bytes read + written) and a large BF16 torch.matmul rate
+  check      each kernel against its plain-torch reference on this GPU (relative L2 error vs a float32
+             reference on the same bf16-rounded inputs; float32 kernels vs the float32 reference)
+  moe        decode MoE (NVFP4 weights stored K-major, BF16 activations), batch 1/8/32/128, gpt-oss-120b
+             and -20b layer shapes: weight bytes of the experts actually routed to / time, as a fraction
+             of the copy bandwidth; speed-up over "dequantize to BF16 then torch matmul" (the
+             plugins.moe reference on the GPU); plus the checkpoint's N-major storage for comparison
+  attention  prefill 4k/32k (full causal and 128-band layers): TFLOP/s vs the matmul rate and time vs
+             PyTorch SDPA (causal, no sinks, K/V expanded to all heads); decode: KV bytes / time
+             as a fraction of the copy bandwidth
+
+Timing: CUDA events, median of repeats after warm-up; decode figures replay a CUDA graph of several
+layers (distinct weights / caches per layer, so the L2 cache does not serve the weights). Kernel tile
+sizes are swept briefly first and the fastest is used (printed). Writes a table and, with --out, JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plugins.attention import fused as attn_fused  # noqa: E402
+from plugins.attention.reference import attention as attention_ref  # noqa: E402
+from plugins.moe import fused as moe_fused  # noqa: E402
+from plugins.moe.experts import Bf16Experts, ExpertWeights  # noqa: E402
+from plugins.moe.tensors import (  # noqa: E402
+    MoeTensors,
+    ProjectionTensors,
+    WeightFormat,
+    reference_moe_from_logits,
+)
+
+DEV = torch.device("cuda")
+SHAPES = {"gpt-oss-120b": 128, "gpt-oss-20b": 32}  # experts; both H = I = 2880, top-4
+HIDDEN = INTER = 2880
+TOP_K = 4
+
+
+# ---- timing ------------------------------------------------------------------------------------
+def time_ms(fn, reps: int = 50, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def graph_ms(fn, reps: int = 50) -> float:
+    """Median time of one replay of a CUDA graph of fn (warmed up on a side stream first)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return time_ms(g.replay, reps=reps, warmup=3)
+
+
+def _copy_ms(n: int) -> float:
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=DEV)
+    dst = torch.empty_like(src)
+    return time_ms(lambda: dst.copy_(src), reps=20)
+
+
+def _matmul_ms(m: int) -> float:
+    a = torch.randn(m, m, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(m, m, device=DEV, dtype=torch.bfloat16)
+    return time_ms(lambda: a @ b, reps=20)
+
+
+def ceilings() -> dict:
+    n, m = 1 << 30, 8192  # 1 GiB copied each way; 8192^3 BF16 matmul
+    return {"copy_gb_s": 2 * n / _copy_ms(n) / 1e6, "bf16_matmul_tflops": 2 * m**3 / _matmul_ms(m) / 1e9}
+
+
+# ---- data --------------------------------------------------------------------------------------
+def random_nvfp4(e: int, n_in: int, n_out: int, g: torch.Generator, k_major: bool) -> ProjectionTensors:
+    """Logical [E, in/2, out] (the checkpoint's); stored input-fastest when k_major (see
+    ProjectionTensors.k_major), else as the checkpoint stores it."""
+    if k_major:
+        packed = torch.randint(0, 256, (e, n_out, n_in // 2), dtype=torch.uint8, device=DEV, generator=g).mT
+        scale = (torch.rand(e, n_out, n_in // 16, device=DEV, generator=g) * 3 + 0.5).to(torch.float8_e4m3fn).mT
+    else:
+        packed = torch.randint(0, 256, (e, n_in // 2, n_out), dtype=torch.uint8, device=DEV, generator=g)
+        scale = (torch.rand(e, n_in // 16, n_out, device=DEV, generator=g) * 3 + 0.5).to(torch.float8_e4m3fn)
+    return ProjectionTensors(WeightFormat.NVFP4, packed, scale, torch.tensor(0.02, device=DEV))
+
+
+def random_mxfp4(e: int, n_in: int, n_out: int, g: torch.Generator) -> ProjectionTensors:
+    blocks = torch.randint(0, 256, (e, n_out, n_in // 32, 16), dtype=torch.uint8, device=DEV, generator=g)
+    scales = torch.randint(118, 124, (e, n_out, n_in // 32), dtype=torch.uint8, device=DEV, generator=g)
+    return ProjectionTensors(WeightFormat.MXFP4, blocks, scales)
+
+
+def random_layer(e: int, h: int, i: int, fmt: str, g: torch.Generator) -> MoeTensors:
+    """fmt: bf16 | mxfp4 | nvfp4 (K-major storage) | nvfp4-nmajor (the checkpoint's storage)."""
+    if fmt == "bf16":
+        w1 = torch.randn(e, h, 2 * i, device=DEV, generator=g) * h**-0.5
+        w2 = torch.randn(e, i, h, device=DEV, generator=g) * i**-0.5
+        gu, dn = ProjectionTensors(WeightFormat.BF16, w1), ProjectionTensors(WeightFormat.BF16, w2)
+    elif fmt == "mxfp4":
+        gu, dn = random_mxfp4(e, h, 2 * i, g), random_mxfp4(e, i, h, g)
+    else:
+        k_major = fmt == "nvfp4"
+        gu, dn = random_nvfp4(e, h, 2 * i, g, k_major), random_nvfp4(e, i, h, g, k_major)
+    b1 = torch.randn(e, 2 * i, device=DEV, generator=g).to(torch.bfloat16)
+    b2 = torch.randn(e, h, device=DEV, generator=g).to(torch.bfloat16)
+    return MoeTensors(gu, b1, dn, b2)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out - ref).norm() / ref.norm())
+
+
+# ---- correctness on the GPU ----------------------------------------------------------------------
+def truth_experts(t: MoeTensors, dtype: torch.dtype) -> ExpertWeights:
+    """The reference experts with weights decoded to `dtype` then held in float32 (what the kernel's
+    dot sees), biases rounded the same way."""
+    w = t.to_weights()
+    dec = [torch.stack([p.expert(e, dtype) for e in range(p.num_experts)]).float() for p in (w.gate_up, w.down)]
+    return ExpertWeights(Bf16Experts(dec[0]), t.gate_up_bias.to(dtype).float(), Bf16Experts(dec[1]),
+                         t.down_bias.to(dtype).float())
+
+
+def check_moe(g: torch.Generator) -> list[dict]:
+    rows = []
+    for fmt in ("nvfp4", "nvfp4-nmajor", "mxfp4", "bf16"):
+        t = random_layer(16, 256, 192, fmt, g)
+        for n, dtype, cfg in itertools.product((1, 64, 300), (torch.bfloat16, torch.float32), CHECK_CONFIGS):
+            if cfg is not None and dtype != torch.bfloat16:
+                continue
+            tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+            x = torch.randn(n, 256, device=DEV, generator=g).to(dtype)
+            logits = torch.randn(n, 16, device=DEV, generator=g).to(dtype)
+            out = moe_fused.fused_moe(x, logits, t, TOP_K, config=cfg)
+            ref = reference_moe_from_logits(x.float(), logits.float(), truth_experts(t, dtype), TOP_K,
+                                            7.0, 1.702)
+            err = rel_err(out, ref)
+            case = f"{fmt} N={n} {str(dtype)[6:]}" + (" bf16_scale" if cfg else "")
+            rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "ok": err <= tol})
+    return rows
+
+
+def check_attention(g: torch.Generator) -> list[dict]:
+    rows = []
+    cases = [  # (B, T, S, q_start, window)
+        (2, 1000, 1000, 0, None), (2, 1000, 1000, 0, 128), (1, 300, 1300, 1000, 128),
+        (4, 1, 3000, 2999, None), (4, 1, 3000, 2999, 128), (3, 4, 3000, 2996, None)]
+    for b, t, s, q0, w in cases:
+        for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float32, 1e-5)):
+            q = torch.randn(b, t, 64, 64, device=DEV, generator=g).to(dtype)
+            k = torch.randn(b, s, 8, 64, device=DEV, generator=g).to(dtype)
+            v = torch.randn(b, s, 8, 64, device=DEV, generator=g).to(dtype)
+            sinks = torch.randn(64, device=DEV, generator=g)
+            out = attn_fused.attention(q, k, v, sinks, sm_scale=0.125, sliding_window=w, q_start=q0)
+            ref = attention_ref(q.float(), k.float(), v.float(), sinks, sm_scale=0.125, sliding_window=w,
+                                q_start=q0)
+            err = rel_err(out, ref)
+            rows.append({"kernel": "attention", "case": f"B={b} T={t} S={s} W={w} {str(dtype)[6:]}",
+                         "rel_err": err, "tol": tol, "ok": err <= tol})
+    return rows
+
+
+# ---- MoE decode ----------------------------------------------------------------------------------
+def _run_layers(x, logits, layers, cfg):
+    return [moe_fused.fused_moe(x, lg, t, TOP_K, config=cfg) for t, lg in zip(layers, logits, strict=True)]
+
+
+def _run_reference(x, logits, ref_layers):
+    return [reference_moe_from_logits(x, lg, w, TOP_K, 7.0, 1.702)
+            for w, lg in zip(ref_layers, logits, strict=True)]
+
+
+MOE_CANDIDATES = [moe_fused.MoeConfig(16, bn, bk, w, st, split_k=sk, asm_decode=asm, bf16_scale=b16)
+                  for bn, bk, w, st, sk, asm, b16 in (
+                      (64, 128, 4, 4, None, True, True), (32, 256, 4, 4, None, True, True),
+                      (128, 128, 4, 4, None, True, True), (128, 64, 4, 6, None, True, True),
+                      (64, 128, 4, 4, 4, True, True), (64, 256, 4, 3, None, True, True),
+                      (64, 128, 4, 4, None, True, False), (32, 256, 4, 4, None, True, False),
+                      (64, 128, 4, 4, None, False, False))]
+CHECK_CONFIGS = (None, moe_fused.MoeConfig(16, 64, 128, 4, 4, bf16_scale=True))
+
+
+def moe_sweep(layers: list[MoeTensors], batch: int, g: torch.Generator) -> moe_fused.MoeConfig:
+    """Fastest decode tile config at this batch size over the given layers (CUDA-graph time)."""
+    x = torch.randn(batch, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
+    logits = [torch.randn(batch, layers[0].gate_up.num_experts, device=DEV, generator=g) for _ in layers]
+    best = None
+    for cfg in MOE_CANDIDATES:
+        ms = graph_ms(partial(_run_layers, x, logits, layers, cfg), reps=20)
+        print(f"  moe batch {batch} {cfg}: {ms / len(layers) * 1e3:.1f} us/layer", flush=True)
+        if best is None or ms < best[0]:
+            best = (ms, cfg)
+    return best[1]
+
+
+def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float, g) -> dict:
+    e = layers[0].gate_up.num_experts
+    x = torch.randn(n, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
+    logits = [torch.randn(n, e, device=DEV, generator=g) for _ in layers]
+    active = statistics.mean(len(torch.topk(lg, TOP_K).indices.unique()) for lg in logits)
+    timed = [(graph_ms(partial(_run_layers, x, logits, layers, c)) / len(layers), c) for c in cfgs]
+    ours, cfg = min(timed, key=lambda tc: tc[0])
+    eager = time_ms(partial(_run_layers, x, logits, layers, cfg), reps=20) / len(layers)
+    base = time_ms(partial(_run_reference, x, logits, [t.to_weights() for t in layers]), reps=5,
+                   warmup=1) / len(layers)
+    per_expert = (layers[0].gate_up.nbytes + layers[0].down.nbytes) / e
+    gb_s = active * per_expert / ours / 1e6
+    return {"shape": shape, "batch": n, "active_experts": round(active, 1),
+            "weight_mb": round(active * per_expert / 1e6, 1), "us_graph": round(ours * 1e3, 1),
+            "us_eager": round(eager * 1e3, 1), "weight_gb_s": round(gb_s),
+            "frac_copy_bw": round(gb_s / copy_gb_s, 3), "us_dequant_baseline": round(base * 1e3),
+            "speedup_vs_baseline": round(base / eager, 1), "config": str(cfg)}
+
+
+def bench_moe(copy_gb_s: float, g: torch.Generator) -> dict:
+    results = {"rows": []}
+    cfgs: list = []
+    for shape, e in SHAPES.items():
+        n_layers = 2 if e == 128 else 6  # > 2.5 GB of distinct weights per replay
+        layers = [random_layer(e, HIDDEN, INTER, "nvfp4", g) for _ in range(n_layers)]
+        if not cfgs:  # swept once, on the 120b layers: one small and one larger decode batch
+            cfgs = list(dict.fromkeys([moe_sweep(layers, 1, g), moe_sweep(layers, 32, g)]))
+        for n in (1, 8, 32, 128):
+            row = moe_row(shape, layers, n, cfgs, copy_gb_s, g)
+            results["rows"].append(row)
+            print(f"  moe {row}", flush=True)
+        if shape == "gpt-oss-120b":  # the checkpoint's own (N-major) NVFP4 storage, for comparison
+            layers = [random_layer(e, HIDDEN, INTER, "nvfp4-nmajor", g) for _ in range(n_layers)]
+            results["nmajor_rows"] = [moe_row(shape, layers, n, cfgs, copy_gb_s, g) for n in (1, 32)]
+            print(f"  moe N-major storage {results['nmajor_rows']}", flush=True)
+        layers.clear()
+        torch.cuda.empty_cache()
+    results["config"] = " / ".join(map(str, cfgs))
+    return results
+
+
+# ---- attention -----------------------------------------------------------------------------------
+def visible_pairs(t: int, window: int | None) -> int:
+    return sum(min(p + 1, window) if window else p + 1 for p in range(t))
+
+
+def attn_sweep(g: torch.Generator) -> attn_fused.AttentionConfig:
+    q = torch.randn(1, 4096, 64, 64, device=DEV, generator=g).to(torch.bfloat16)
+    k = torch.randn(1, 4096, 8, 64, device=DEV, generator=g).to(torch.bfloat16)
+    v = torch.randn(1, 4096, 8, 64, device=DEV, generator=g).to(torch.bfloat16)
+    sinks = torch.randn(64, device=DEV, generator=g)
+    best = None
+    for bm, bn, w, st in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 2),
+                          (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3)):
+        cfg = attn_fused.AttentionConfig(bm, bn, w, st)
+        try:
+            ms = time_ms(partial(attn_fused.attention_prefill, q, k, v, sinks, sm_scale=0.125,
+                                 sliding_window=None, q_start=0, config=cfg), reps=20)
+        except Exception as exc:  # noqa: BLE001 - a config that does not fit (shared memory) is skipped
+            print(f"  attention config {cfg}: failed ({type(exc).__name__})", flush=True)
+            continue
+        print(f"  attention config {cfg}: {ms:.3f} ms", flush=True)
+        if best is None or ms < best[0]:
+            best = (ms, cfg)
+    return best[1]
+
+
+def prefill_rows(t: int, cfg, mm_tflops: float, g) -> list[dict]:
+    """Ours (with sinks, full or 128-band) and SDPA (causal, no sinks) timed alternately, 3 rounds,
+    the median of each."""
+    q = torch.randn(1, t, 64, 64, device=DEV, generator=g).to(torch.bfloat16)
+    k = torch.randn(1, t, 8, 64, device=DEV, generator=g).to(torch.bfloat16)
+    v = torch.randn(1, t, 8, 64, device=DEV, generator=g).to(torch.bfloat16)
+    sinks = torch.randn(64, device=DEV, generator=g)
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k.repeat_interleave(8, 2), v.repeat_interleave(8, 2)))
+    sdpa_fn = partial(F.scaled_dot_product_attention, qh, kh, vh, is_causal=True)
+    rows = []
+    for window in (None, 128):
+        ours_fn = partial(attn_fused.attention_prefill, q, k, v, sinks, sm_scale=0.125,
+                          sliding_window=window, q_start=0, config=cfg)
+        ours, sdpa = [], []
+        for _ in range(3):
+            sdpa.append(time_ms(sdpa_fn, reps=10))
+            ours.append(time_ms(ours_fn, reps=10))
+        ms, sdpa_ms = statistics.median(ours), statistics.median(sdpa)
+        tflops = 4 * 64 * 64 * visible_pairs(t, window) / ms / 1e9
+        rows.append({"tokens": t, "window": window, "ms": round(ms, 3), "tflops": round(tflops, 1),
+                     "frac_matmul": round(tflops / mm_tflops, 3), "sdpa_causal_ms": round(sdpa_ms, 3),
+                     "speed_vs_sdpa": round(sdpa_ms / ms, 2)})
+    return rows
+
+
+def _decode_layers(q, caches, sinks, window, ctx):
+    return [attn_fused.attention(q, k, v, sinks, sm_scale=0.125, sliding_window=window, q_start=ctx - 1)
+            for k, v in caches]
+
+
+def decode_rows(batch: int, ctx: int, copy_gb_s: float, g) -> list[dict]:
+    n_layers = 4
+    caches = [(torch.randn(batch, ctx, 8, 64, device=DEV, generator=g).to(torch.bfloat16),
+               torch.randn(batch, ctx, 8, 64, device=DEV, generator=g).to(torch.bfloat16))
+              for _ in range(n_layers)]
+    q = torch.randn(batch, 1, 64, 64, device=DEV, generator=g).to(torch.bfloat16)
+    sinks = torch.randn(64, device=DEV, generator=g)
+    rows = []
+    for window in (None, 128):
+        ms = graph_ms(partial(_decode_layers, q, caches, sinks, window, ctx)) / n_layers
+        gb_s = batch * min(ctx, window or ctx) * 8 * 64 * 2 * 2 / ms / 1e6
+        rows.append({"batch": batch, "context": ctx, "window": window, "us": round(ms * 1e3, 1),
+                     "kv_gb_s": round(gb_s), "frac_copy_bw": round(gb_s / copy_gb_s, 3)})
+    return rows
+
+
+def bench_attention(mm_tflops: float, copy_gb_s: float, g: torch.Generator) -> dict:
+    cfg = attn_sweep(g)
+    res = {"config": str(cfg), "prefill": [], "decode": []}
+    for t in (4096, 32768):
+        for row in prefill_rows(t, cfg, mm_tflops, g):
+            res["prefill"].append(row)
+            print(f"  attention prefill {row}", flush=True)
+    for batch, ctx in ((8, 4096), (8, 32768), (32, 8192)):
+        for row in decode_rows(batch, ctx, copy_gb_s, g):
+            res["decode"].append(row)
+            print(f"  attention decode {row}", flush=True)
+    return res
+
+
+def machine() -> dict:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    import triton
+
+    return {"gpu": smi, "torch": torch.__version__, "triton": triton.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def print_tables(r: dict) -> None:
+    c = r["ceilings"]
+    print(f"\n== {r['machine']['gpu']} | copy {c['copy_gb_s']:.0f} GB/s | bf16 matmul "
+          f"{c['bf16_matmul_tflops']:.0f} TFLOP/s")
+    bad = [x for x in r["check"] if not x["ok"]]
+    print(f"check: {len(r['check']) - len(bad)}/{len(r['check'])} within tolerance; worst "
+          f"{max(x['rel_err'] / x['tol'] for x in r['check']):.2f} of tol" + (f"; FAILED {bad}" if bad else ""))
+    print(f"MoE decode (NVFP4 W, BF16 A), configs {r['moe']['config']}")
+    print("shape          batch  experts  MB     us(graph) us(eager)  GB/s  frac_copy  baseline_us  speedup")
+    for m in r["moe"]["rows"]:
+        print(f"{m['shape']:14s} {m['batch']:5d} {m['active_experts']:8.1f} {m['weight_mb']:6.1f} "
+              f"{m['us_graph']:9.1f} {m['us_eager']:9.1f} {m['weight_gb_s']:6d} {m['frac_copy_bw']:9.3f} "
+              f"{m['us_dequant_baseline']:12d} {m['speedup_vs_baseline']:7.1f}")
+    a = r["attention"]
+    print(f"attention prefill (config {a['config']})")
+    print("tokens  window  ms       TFLOP/s  frac_matmul  sdpa_ms  speed_vs_sdpa")
+    for p in a["prefill"]:
+        print(f"{p['tokens']:6d}  {str(p['window']):6s} {p['ms']:8.3f} {p['tflops']:8.1f} {p['frac_matmul']:11.3f} "
+              f"{p['sdpa_causal_ms']:8.3f} {p['speed_vs_sdpa']:8.2f}")
+    print("attention decode\nbatch  context  window  us       GB/s   frac_copy")
+    for d in a["decode"]:
+        print(f"{d['batch']:5d}  {d['context']:7d}  {str(d['window']):6s} {d['us']:8.1f} {d['kv_gb_s']:6d} "
+              f"{d['frac_copy_bw']:9.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, help="write the results here as JSON")
+    ap.add_argument("--only", default="check,moe,attention")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu.py needs a CUDA GPU (H100/H200); none is visible")
+    g = torch.Generator(device=DEV).manual_seed(0)
+    r = {"machine": machine(), "ceilings": ceilings()}
+    print(f"[bench-gpu] {r['machine']} {r['ceilings']}", flush=True)
+    todo = args.only.split(",")
+    r["check"] = (check_moe(g) + check_attention(g)) if "check" in todo else []
+    for row in r["check"]:
+        print(f"  check {row}", flush=True)
+    if "moe" in todo:
+        r["moe"] = bench_moe(r["ceilings"]["copy_gb_s"], g)
+    if "attention" in todo:
+        r["attention"] = bench_attention(r["ceilings"]["bf16_matmul_tflops"], r["ceilings"]["copy_gb_s"], g)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(r, indent=1))
+    if all(k in r for k in ("moe", "attention")) and r["check"]:
+        print_tables(r)
+
+
+if __name__ == "__main__":
+    main()

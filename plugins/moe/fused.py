@@ -1,0 +1,182 @@
+"""Launchers of the Triton MoE (kernels in `plugins.moe.triton_kernels`): route -> align -> gate_up GEMM with
+fused SwiGLU -> down GEMM -> combine. Six launches (one memset), no host synchronization, so the whole
+call can be captured in a CUDA graph.
+
+Supported: x [N, H] in bfloat16/float16/float32 on CUDA (or CPU under TRITON_INTERPRET=1); experts in any
+`WeightFormat`, any strides (K-major storage decodes fastest, see `ProjectionTensors.k_major`); any
+E >= top_k, top_k <= 8; H and I multiples of the FP4 block (16 NVFP4, 32 MXFP4; BF16 experts: any).
+Accumulation is float32; the SwiGLU output is stored in x's dtype (the reference rounds each
+intermediate to x's dtype instead, so the two agree to x's precision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from plugins.moe import triton_kernels as K
+from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
+
+_TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+_FMT = {WeightFormat.BF16: (K.FMT_BF16, 32), WeightFormat.MXFP4: (K.FMT_MXFP4, 32),
+        WeightFormat.NVFP4: (K.FMT_NVFP4, 16)}
+MAX_TOP_K = 8
+_ALIGN_BLOCK = 128    # lanes of the single align program
+# (routing rows, combine rows, combine columns) per program: the interpreter pays per program, not per lane
+_SMALL_BLOCKS = {"cuda": (16, 1, 256), "interpreter": (64, 64, 128)}
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """Tile sizes of both grouped GEMMs. block_n counts output columns (gate_up: interleaved gate/up
+    columns, so block_n/2 SwiGLU outputs); block_k is a multiple of 32 (one MXFP4 block). split_k
+    splits the down projection's input dimension over that many programs (None: enough programs to
+    fill the GPU twice, at most MAX_SPLIT_K). num_stages is the depth of Triton's cp.async pipeline
+    for the weight, scale and activation tiles."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    split_k: int | None = None
+    asm_decode: bool = True   # PTX nibble decode on CUDA (the interpreter always uses plain Triton)
+    bf16_scale: bool = False  # with asm_decode and bf16 activations: scale multiply in bf16x2
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"MoeConfig.{name}={v} must be a power of two >= 16")
+        if self.block_k < 32:
+            raise ValueError(f"MoeConfig.block_k={self.block_k} must be >= 32 (one MXFP4 block)")
+        if self.split_k is not None and self.split_k < 1:
+            raise ValueError(f"MoeConfig.split_k={self.split_k} must be None or >= 1")
+
+
+INTERPRETER_CONFIG = MoeConfig(64, 128, 128, split_k=1)  # few, large programs: cheap to interpret
+DECODE_CONFIG = MoeConfig(16, 64, 128, num_warps=4, num_stages=4)   # few rows per expert
+PREFILL_CONFIG = MoeConfig(64, 128, 64, num_warps=4, num_stages=3, split_k=1)
+DECODE_MAX_ROWS_PER_EXPERT = 16  # mean (token, slot) pairs per expert up to which DECODE_CONFIG is used
+MAX_SPLIT_K = 4
+
+
+def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeConfig:
+    if device.type != "cuda":
+        return INTERPRETER_CONFIG
+    decode = num_pairs <= DECODE_MAX_ROWS_PER_EXPERT * num_experts
+    return DECODE_CONFIG if decode else PREFILL_CONFIG
+
+
+def _small_blocks(device: torch.device) -> tuple[int, int, int]:
+    return _SMALL_BLOCKS["cuda" if device.type == "cuda" else "interpreter"]
+
+
+def _check(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int) -> None:
+    n, h = x.shape if x.ndim == 2 else (None, None)
+    e = t.gate_up.num_experts
+    if x.ndim != 2 or x.dtype not in _TL_DTYPE or h != t.gate_up.in_features:
+        raise ValueError(f"fused_moe: x must be [N, {t.gate_up.in_features}] bf16/fp16/fp32, got "
+                         f"{x.dtype} {tuple(x.shape)}")
+    if tuple(logits.shape) != (n, e):
+        raise ValueError(f"fused_moe: router logits {tuple(logits.shape)} must be [N, E] = [{n}, {e}]")
+    if not 1 <= top_k <= min(e, MAX_TOP_K):
+        raise ValueError(f"fused_moe: top_k={top_k} must be in [1, min(E={e}, {MAX_TOP_K})]")
+
+
+def _weight_args(p: ProjectionTensors) -> tuple:
+    """(w, s, gs, stride_we, stride_wk, stride_wn, stride_se, stride_sk, stride_sn) as the GEMM reads
+    them: w indexed [expert, packed input row, output column]."""
+    w = p.weight
+    if p.fmt is WeightFormat.BF16:
+        return (w, w, w, w.stride(0), w.stride(1), w.stride(2), 0, 0, 0)
+    if p.fmt is WeightFormat.MXFP4:
+        e, out, groups, _ = w.shape
+        w = w.reshape(e, out, groups * 16)                      # [E, out, in/2], input fastest
+        s = p.scale
+        return (w, s, w, w.stride(0), w.stride(2), w.stride(1), s.stride(0), s.stride(2), s.stride(1))
+    s = p.scale.view(torch.uint8)                               # [E, in/16, out]
+    gs = p.global_scale.reshape(1).to(torch.float32)
+    return (w, s, gs, w.stride(0), w.stride(1), w.stride(2), s.stride(0), s.stride(1), s.stride(2))
+
+
+def _split_k(cfg: MoeConfig, programs: int, k: int, device: torch.device) -> tuple[int, int]:
+    """(splits, input rows per split), rows a multiple of block_k."""
+    splits = cfg.split_k
+    if splits is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        splits = max(1, min(MAX_SPLIT_K, triton.cdiv(2 * sms, programs)))
+    rows = triton.cdiv(triton.cdiv(k, splits), cfg.block_k) * cfg.block_k
+    return triton.cdiv(k, rows), rows
+
+
+def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool, top_k: int,
+          limit: float, alpha: float, cfg: MoeConfig, dtype: torch.dtype, k_split: int) -> None:
+    sorted_ids, block_expert, total = sorting
+    w, s, gs, swe, swk, swn, sse, ssk, ssn = _weight_args(proj)
+    fmt, group = _FMT[proj.fmt]
+    n_out = proj.out_features
+    interpret = a.device.type != "cuda"
+    dot = tl.float32 if interpret else _TL_DTYPE[dtype]
+    splits = triton.cdiv(proj.in_features, k_split)
+    grid = (block_expert.numel(), triton.cdiv(n_out, cfg.block_n), splits)
+    K._expert_gemm_kernel[grid](
+        a, w, s, gs, bias, out, sorted_ids, block_expert, total,
+        nk, proj.in_features, n_out, k_split, a.stride(0), swe, swk, swn, sse, ssk, ssn,
+        bias.stride(0), out.stride(-2), out.stride(0) if splits > 1 else 0, limit, alpha,
+        GATE_UP=gate_up, TOP_K=top_k, FMT=fmt, GROUP=group,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        W_DTYPE=_TL_DTYPE[dtype], DOT_DTYPE=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
+        ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def route_and_sort(logits: torch.Tensor, top_k: int, block_m: int):
+    """logits [N, E] -> (weights f32 [N, k], ids i32 [N, k], (sorted i32 [P], block_expert i32 [B],
+    total i32 [1])). P = B * block_m is an upper bound on the padded length, known without a sync."""
+    n, e = logits.shape
+    dev, nk = logits.device, n * top_k
+    weights = torch.empty(n, top_k, dtype=torch.float32, device=dev)
+    ids = torch.empty(n, top_k, dtype=torch.int32, device=dev)
+    ranks = torch.empty(n, top_k, dtype=torch.int32, device=dev)
+    counts = torch.zeros(e, dtype=torch.int32, device=dev)
+    rows = _small_blocks(dev)[0]
+    K._route_kernel[(triton.cdiv(n, rows),)](
+        logits, weights, ids, counts, ranks, n, e, logits.stride(0), TOP_K=top_k,
+        K_PAD=triton.next_power_of_2(top_k), E_PAD=triton.next_power_of_2(e), BLOCK_N=rows)
+    max_blocks = triton.cdiv(nk, block_m) + min(e, nk)
+    offsets = torch.empty(e, dtype=torch.int32, device=dev)
+    sorted_ids = torch.empty(max_blocks * block_m, dtype=torch.int32, device=dev)
+    block_expert = torch.empty(max_blocks, dtype=torch.int32, device=dev)
+    total = torch.empty(1, dtype=torch.int32, device=dev)
+    K._align_kernel[(1,)](ids, ranks, counts, offsets, sorted_ids, block_expert, total, nk, e,
+                          sorted_ids.numel(), max_blocks, BLOCK_M=block_m,
+                          E_PAD=triton.next_power_of_2(e), BLOCK=_ALIGN_BLOCK)
+    return weights, ids, (sorted_ids, block_expert, total)
+
+
+def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, limit: float = 7.0,
+              alpha: float = 1.702, config: MoeConfig | None = None) -> torch.Tensor:
+    """x [N, H], router logits [N, E] -> [N, H] in x's dtype (see the module docstring)."""
+    _check(x, logits, t, top_k)
+    x = x.contiguous()
+    n, h = x.shape
+    nk = n * top_k
+    cfg = config or default_config(nk, t.gate_up.num_experts, x.device)
+    weights, _, sorting = route_and_sort(logits, top_k, cfg.block_m)
+    i = t.down.in_features
+    act = torch.empty(sorting[0].numel(), i, dtype=x.dtype, device=x.device)
+    _gemm(x, t.gate_up, t.gate_up_bias.contiguous(), act, sorting, nk, True, top_k, limit, alpha, cfg,
+          x.dtype, t.gate_up.in_features)
+    splits, k_split = _split_k(cfg, sorting[1].numel() * triton.cdiv(h, cfg.block_n), i, x.device)
+    y = torch.empty(splits, nk, h, dtype=torch.float32, device=x.device)
+    _gemm(act, t.down, t.down_bias.contiguous(), y, sorting, nk, False, top_k, limit, alpha, cfg, x.dtype,
+          k_split)
+    out = torch.empty_like(x)
+    _, rows, cols = _small_blocks(x.device)
+    K._combine_kernel[(triton.cdiv(n, rows), triton.cdiv(h, cols))](
+        y, weights, out, n, nk, h, out.stride(0), TOP_K=top_k, SPLIT_K=splits, BLOCK_T=rows, BLOCK_H=cols)
+    return out

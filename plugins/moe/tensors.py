@@ -1,0 +1,145 @@
+"""The flat tensor form of one MoE layer that the `trtkit::moe` op and the Triton kernels take.
+
+A projection is (format, weight, scale, global_scale) in the checkpoint's own layout, never repacked:
+
+| format | weight | scale | global_scale |
+|---|---|---|---|
+| `bf16`  | [E, in, out] any float dtype | - | - |
+| `mxfp4` | u8 [E, out, in/32, 16] (blocks) | u8 E8M0 [E, out, in/32] | - |
+| `nvfp4` | u8 [E, in/2, out] (packed, input-major) | float8_e4m3fn [E, in/16, out] | f32 0-d |
+
+`reference_moe_from_logits` is the plain-torch MoE given router logits (what the op receives); it runs
+the same steps as `plugins.moe.reference.moe` after its router matmul, so both agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from plugins.moe.experts import Bf16Experts, ExpertProjection, ExpertWeights, Mxfp4Experts, Nvfp4Experts
+from plugins.moe.reference import expert_mlp
+
+
+class WeightFormat(str, Enum):
+    BF16 = "bf16"
+    MXFP4 = "mxfp4"
+    NVFP4 = "nvfp4"
+
+
+@dataclass(frozen=True)
+class ProjectionTensors:
+    """One projection of all experts (gate_up: H -> 2I interleaved, or down: I -> H)."""
+
+    fmt: WeightFormat
+    weight: torch.Tensor
+    scale: torch.Tensor | None = None
+    global_scale: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        needs_scale = self.fmt is not WeightFormat.BF16
+        if needs_scale != (self.scale is not None):
+            raise ValueError(f"{self.fmt.value} projection: scale must be "
+                             f"{'given' if needs_scale else 'None'}")
+        if (self.fmt is WeightFormat.NVFP4) != (self.global_scale is not None):
+            raise ValueError(f"{self.fmt.value} projection: global_scale is required for nvfp4 only")
+        if self.fmt is not WeightFormat.BF16 and self.weight.dtype != torch.uint8:
+            raise ValueError(f"{self.fmt.value} projection: weight must be uint8, got {self.weight.dtype}")
+
+    @property
+    def num_experts(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        w = self.weight
+        return {WeightFormat.BF16: w.shape[1], WeightFormat.MXFP4: w.shape[2] * 32,
+                WeightFormat.NVFP4: w.shape[1] * 2}[self.fmt]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[1] if self.fmt is WeightFormat.MXFP4 else self.weight.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weights and block scales (what a weight-streaming kernel must read)."""
+        return sum(t.numel() * t.element_size() for t in (self.weight, self.scale) if t is not None)
+
+    def k_major(self) -> ProjectionTensors:
+        """The same logical tensors stored input-fastest (a one-time copy). The kernels accept any
+        strides; with K-major storage each thread's bytes are adjacent along the input axis, the
+        layout the tensor-core operand wants, so decode runs faster. MXFP4 and BF16 are returned as is
+        (MXFP4 blocks are K-major already)."""
+        if self.fmt is not WeightFormat.NVFP4 or self.weight.stride(1) == 1:
+            return self
+        return ProjectionTensors(self.fmt, self.weight.mT.contiguous().mT, self.scale.mT.contiguous().mT,
+                                 self.global_scale)
+
+    def to_experts(self) -> ExpertProjection:
+        if self.fmt is WeightFormat.BF16:
+            return Bf16Experts(self.weight)
+        if self.fmt is WeightFormat.MXFP4:
+            return Mxfp4Experts(self.weight, self.scale)
+        return Nvfp4Experts(self.weight, self.scale, self.global_scale)
+
+    @classmethod
+    def from_experts(cls, proj: ExpertProjection) -> ProjectionTensors:
+        if isinstance(proj, Bf16Experts):
+            return cls(WeightFormat.BF16, proj.weight)
+        if isinstance(proj, Mxfp4Experts):
+            return cls(WeightFormat.MXFP4, proj.blocks, proj.scales)
+        if isinstance(proj, Nvfp4Experts):
+            if proj.act_scale is not None:
+                raise ValueError("the trtkit MoE kernels are weight-only (BF16 activations); "
+                                 "W4A4 emulation (act_scale) runs on the reference path only")
+            return cls(WeightFormat.NVFP4, proj.packed, proj.block_scale, proj.global_scale)
+        raise ValueError(f"unsupported expert projection type {type(proj).__name__}")
+
+
+@dataclass(frozen=True)
+class MoeTensors:
+    """Both projections and their biases; shapes checked once here."""
+
+    gate_up: ProjectionTensors
+    gate_up_bias: torch.Tensor  # [E, 2I]
+    down: ProjectionTensors
+    down_bias: torch.Tensor     # [E, H]
+
+    def __post_init__(self) -> None:
+        e, h = self.gate_up.num_experts, self.gate_up.in_features
+        two_i = self.gate_up.out_features
+        want = {"gate_up out (2I)": (two_i, 2 * self.down.in_features),
+                "down out (H)": (self.down.out_features, h),
+                "down experts": (self.down.num_experts, e),
+                "gate_up_bias": (tuple(self.gate_up_bias.shape), (e, two_i)),
+                "down_bias": (tuple(self.down_bias.shape), (e, h))}
+        bad = [f"{k}: {got} != {exp}" for k, (got, exp) in want.items() if got != exp]
+        if bad:
+            raise ValueError("MoE tensors do not form one layer: " + "; ".join(bad))
+
+    @classmethod
+    def from_weights(cls, w: ExpertWeights) -> MoeTensors:
+        return cls(ProjectionTensors.from_experts(w.gate_up), w.gate_up_bias,
+                   ProjectionTensors.from_experts(w.down), w.down_bias)
+
+    def k_major(self) -> MoeTensors:
+        return MoeTensors(self.gate_up.k_major(), self.gate_up_bias, self.down.k_major(), self.down_bias)
+
+    def to_weights(self) -> ExpertWeights:
+        return ExpertWeights(self.gate_up.to_experts(), self.gate_up_bias, self.down.to_experts(),
+                             self.down_bias)
+
+
+def reference_moe_from_logits(x: torch.Tensor, logits: torch.Tensor, experts: ExpertWeights, top_k: int,
+                              limit: float, alpha: float) -> torch.Tensor:
+    """x [N, H], router logits [N, E] -> [N, H]; `plugins.moe.reference.moe` after its router matmul."""
+    top, chosen = torch.topk(logits, top_k, dim=-1)                   # [N, k] each
+    weights = torch.softmax(top, dim=-1)
+    out = torch.zeros_like(x)                                         # [N, H]
+    for e in torch.unique(chosen).tolist():
+        token, slot = torch.where(chosen == e)                        # [n] each
+        y = expert_mlp(x[token], e, experts, limit, alpha)            # [n, H]
+        out.index_add_(0, token, (y * weights[token, slot, None]).to(x.dtype))
+    return out

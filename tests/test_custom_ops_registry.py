@@ -1,0 +1,57 @@
+"""`trtkit plugins list` and plugins.registry: every plugin with its three registrations, availability
+derived from what is installed here (CI: torch only), and nothing registered by listing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from plugins import registry
+from trtkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_plugin_has_torch_tensorrt_llm_and_tensorrt_registrations():
+    found = {p.name: p for p in registry.list_plugins()}
+    assert sorted(found) == ["trtkit::attention", "trtkit::moe"]
+    for p in found.values():
+        targets = [r.target for r in p.registrations]
+        assert targets == ["torch", "tensorrt_llm", "tensorrt"]
+        torch_reg = p.registrations[0]
+        assert torch_reg.available and torch_reg.module == "plugins.ops"
+    assert found["trtkit::moe"].registrations[1].module == "plugins.trtllm_gptoss"
+    assert found["trtkit::attention"].registrations[2].module == "plugins.tensorrt_qdp"
+
+
+def test_missing_packages_are_named(monkeypatch):
+    monkeypatch.setattr(registry, "_version", lambda dist: None)
+    monkeypatch.setattr(registry, "_installed", lambda module: False)
+    moe = registry.list_plugins()[0]
+    by_target = {r.target: r for r in moe.registrations}
+    assert not by_target["tensorrt_llm"].available
+    assert by_target["tensorrt_llm"].detail == "tensorrt_llm not installed"
+    assert by_target["tensorrt"].detail == "tensorrt not installed"
+    assert "triton not installed" in by_target["torch"].detail
+
+
+def test_cli_table_and_json():
+    result = CliRunner().invoke(main, ["plugins", "list"])
+    assert result.exit_code == 0, result.output
+    assert "trtkit::moe" in result.output and "trtkit::attention" in result.output
+    assert "plugins.ops" in result.output
+    result = CliRunner().invoke(main, ["plugins", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert [p["name"] for p in doc] == ["trtkit::moe", "trtkit::attention"]
+    assert set(doc[0]["registrations"][0]) == {"target", "module", "available", "detail"}
+
+
+def test_listing_registers_nothing():
+    code = ("import torch\nfrom plugins.registry import list_plugins\nlist_plugins()\n"
+            "assert not hasattr(torch.ops.trtkit, 'moe')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,0 +1,158 @@
+"""The Triton MoE kernels (plugins.moe.fused) against the plain-torch reference, on CPU through Triton's
+interpreter, over a named grid of shapes.
+
+Tolerances (explicit, per dtype):
+* float32 activations: |kernel - reference| <= 2e-6 * max|reference| + 1e-6 elementwise. Both sides
+  decode the same weights exactly and accumulate in float32 in a different order (~1e-7 relative seen).
+* bfloat16 activations: relative L2 error <= 2e-2 against a float32 reference on the same bf16-rounded
+  inputs and bf16-decoded weights. The reference's own bf16 result is ~7e-3 away from that; the kernel
+  on a GPU ~2e-3 (bench_gpu.py checks <= 1e-2 there), but Triton's interpreter truncates float32 ->
+  bfloat16 instead of rounding to nearest, which costs ~1.4e-2 wherever weights need rounding.
+* routing: identical expert ids (random float32 logits have no ties) and weights within 1e-6.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported: kernels run on CPU
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from plugins.formats.mxfp4 import encode_mxfp4  # noqa: E402
+from plugins.formats.nvfp4 import quantize_nvfp4  # noqa: E402
+from plugins.moe import Bf16Experts, ExpertWeights, Mxfp4Experts, Nvfp4Experts, Router, fused, moe  # noqa: E402
+from plugins.moe import triton_kernels as K  # noqa: E402
+from plugins.moe.tensors import MoeTensors, reference_moe_from_logits  # noqa: E402
+
+if type(K._route_kernel).__name__ != "InterpretedFunction":
+    pytest.skip("plugins.moe kernels were imported before TRITON_INTERPRET=1 was set; run this module "
+                "in its own process", allow_module_level=True)
+
+F32_RTOL, F32_ATOL = 2e-6, 1e-6
+BF16_REL_L2 = 2e-2  # interpreter: truncating bf16 casts (see above)
+
+# name: (tokens N, experts E, top_k, hidden H, intermediate I). H=96/I=96 are not multiples of the
+# interpreter tiles (64), so the K and N tails are masked; H=128/I=64 are exact multiples.
+SHAPES = {
+    "decode-1tok-e4-k1": (1, 4, 1, 128, 64),
+    "decode-2tok-e32-k4-padded": (2, 32, 4, 96, 96),
+    "batch-37tok-e8-k3-padded": (37, 8, 3, 96, 96),
+    "prefill-256tok-e8-k2": (256, 8, 2, 128, 64),
+}
+FORMATS = ("bf16", "mxfp4", "nvfp4", "nvfp4-kmajor")
+SPLIT_K_CONFIG = fused.MoeConfig(16, 64, 32, split_k=3)  # small tiles, down projection split in 3
+
+
+def make_layer(e: int, h: int, i: int, fmt: str, g: torch.Generator) -> tuple[Router, ExpertWeights]:
+    w1 = torch.randn(e, h, 2 * i, generator=g) * 2 * h**-0.5  # large enough to reach the SwiGLU clamps
+    w2 = torch.randn(e, i, h, generator=g) * i**-0.5
+    b1, b2 = torch.randn(e, 2 * i, generator=g), torch.randn(e, h, generator=g) * 0.1
+    if fmt == "bf16":
+        gu, dn = Bf16Experts(w1), Bf16Experts(w2)
+    elif fmt == "mxfp4":
+        gu, dn = (Mxfp4Experts(*encode_mxfp4(w.transpose(1, 2).contiguous())) for w in (w1, w2))
+    else:
+        def nv(w):
+            packed, scale, gs = quantize_nvfp4(w.transpose(1, 2).contiguous())       # [E, out, in/2]
+            return Nvfp4Experts(packed.mT.contiguous(), scale.mT.contiguous(), gs)    # [E, in/2, out]
+        gu, dn = nv(w1), nv(w2)
+    router = Router(torch.randn(e, h, generator=g), torch.randn(e, generator=g))
+    return router, ExpertWeights(gu, b1.to(torch.bfloat16), dn, b2.to(torch.bfloat16))
+
+
+def tensors(w: ExpertWeights, fmt: str) -> MoeTensors:
+    t = MoeTensors.from_weights(w)
+    return t.k_major() if fmt == "nvfp4-kmajor" else t
+
+
+def truth(w: ExpertWeights, dtype: torch.dtype) -> ExpertWeights:
+    """Float32 experts holding the weights as decoded to `dtype` (what the kernel's dot multiplies)."""
+    def dec(p):
+        return Bf16Experts(torch.stack([p.expert(e, dtype) for e in range(p.num_experts)]).float())
+    return ExpertWeights(dec(w.gate_up), w.gate_up_bias.to(dtype).float(), dec(w.down),
+                         w.down_bias.to(dtype).float())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_moe_float32_matches_reference(shape, fmt):
+    n, e, k, h, i = SHAPES[shape]
+    g = torch.Generator().manual_seed(len(shape) * 10 + FORMATS.index(fmt))
+    router, w = make_layer(e, h, i, fmt, g)
+    x = torch.randn(n, h, generator=g)
+    ref = moe(x, router, w, k)
+    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, fmt), k)
+    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+
+
+def distinct_logits(n: int, e: int, g: torch.Generator) -> torch.Tensor:
+    """[N, E] logits exactly representable in bf16 with no ties (the kernel breaks ties by lowest
+    index, torch.topk by its own order: random bf16 logits tie often)."""
+    return torch.stack([torch.randperm(e, generator=g) for _ in range(n)]).float() * 0.25
+
+
+@pytest.mark.parametrize("shape,fmt", [("decode-2tok-e32-k4-padded", "bf16"),
+                                       ("decode-2tok-e32-k4-padded", "mxfp4"),
+                                       ("decode-2tok-e32-k4-padded", "nvfp4-kmajor"),
+                                       ("prefill-256tok-e8-k2", "nvfp4")])
+def test_fused_moe_bfloat16_within_bf16_precision(shape, fmt):
+    n, e, k, h, i = SHAPES[shape]
+    g = torch.Generator().manual_seed(7)
+    _, w = make_layer(e, h, i, fmt, g)
+    x = torch.randn(n, h, generator=g).to(torch.bfloat16)
+    logits = distinct_logits(n, e, g).to(torch.bfloat16)
+    exact = reference_moe_from_logits(x.float(), logits.float(), truth(w, torch.bfloat16), k, 7.0, 1.702)
+    out = fused.fused_moe(x, logits, tensors(w, fmt), k)
+    assert out.dtype == torch.bfloat16
+    err = ((out.float() - exact).norm() / exact.norm()).item()
+    assert err <= BF16_REL_L2, f"relative L2 error {err:.2e} > {BF16_REL_L2}"
+
+
+def test_split_k_and_small_tiles_match():
+    n, e, k, h, i = SHAPES["decode-2tok-e32-k4-padded"]
+    g = torch.Generator().manual_seed(3)
+    router, w = make_layer(e, h, i, "nvfp4", g)
+    x = torch.randn(n, h, generator=g)
+    ref = moe(x, router, w, k)
+    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, "nvfp4"), k,
+                          config=SPLIT_K_CONFIG)
+    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("n,e,k", [(1, 4, 1), (7, 8, 2), (64, 32, 4), (256, 16, 4)])
+def test_route_and_sort(n, e, k):
+    g = torch.Generator().manual_seed(n * 100 + e)
+    logits = torch.randn(n, e, generator=g)
+    block_m = 16
+    weights, ids, (sorted_ids, block_expert, total) = fused.route_and_sort(logits, k, block_m)
+    top, chosen = torch.topk(logits, k, dim=-1)
+    assert torch.equal(ids.long(), chosen)
+    torch.testing.assert_close(weights, torch.softmax(top, dim=-1), rtol=1e-6, atol=1e-6)
+    nk, total = n * k, int(total)
+    valid = sorted_ids[:total]
+    assert sorted(valid[valid < nk].tolist()) == list(range(nk))      # every (token, slot) once
+    assert total % block_m == 0 and bool((sorted_ids[total:] == nk).all())
+    owners = block_expert[: total // block_m].long().repeat_interleave(block_m)  # [total]
+    real = valid < nk
+    assert torch.equal(ids.flatten()[valid[real].long()].long(), owners[real])   # rows sit in their expert's blocks
+    assert bool((block_expert[total // block_m:] == -1).all())
+    counts = torch.bincount(chosen.flatten(), minlength=e)
+    assert total == int(((counts + block_m - 1) // block_m * block_m).sum())
+
+
+def test_rejects_bad_arguments():
+    g = torch.Generator().manual_seed(0)
+    router, w = make_layer(4, 64, 32, "mxfp4", g)
+    t = MoeTensors.from_weights(w)
+    x = torch.randn(2, 64, generator=g)
+    with pytest.raises(ValueError, match="top_k=5"):
+        fused.fused_moe(x, torch.randn(2, 4), t, 5)
+    with pytest.raises(ValueError, match=r"router logits \(2, 3\)"):
+        fused.fused_moe(x, torch.randn(2, 3), t, 2)
+    with pytest.raises(ValueError, match="block_k=16"):
+        fused.MoeConfig(16, 32, 16)
