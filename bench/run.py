@@ -4,7 +4,9 @@
   convert   synthetic gpt-oss-20b: convert wall time / `cp -r` of the same folder, peak RSS
   depth     synthetic gpt-oss-120b cut to a few layers: peak RSS (memory must not grow with size)
   mpi       `mpiexec -n 2` vs `-n 1` convert wall time on the 20b checkpoint
-  forward   runtime tokens/s vs transformers (bench_forward.py), when present
+  forward   runtime tokens/s vs transformers (bench_forward.py)
+  calibrate peak RSS and time to calibrate 256 tokens, 20b and 120b cut to 2 and 4 layers
+  plan      the full 72 x GB200 planner search (bench_plan.py)
 
 Peak RSS is the child's own `ru_maxrss` (os.wait4), so each figure belongs to one process tree leaf.
 Results go to stdout as a table and, with --json, as one JSON object.
@@ -102,7 +104,16 @@ def bench_mpi(work: Path) -> dict:
     return {"n1_s": round(one, 2), "n2_s": round(two, 2), "speedup": round(one / two, 3)}
 
 
-def bench_script(name: str, extra: list[str]) -> dict | None:
+def bench_calibrate(work: Path) -> list[dict]:
+    srcs = [(work / "gpt-oss-20b", "gpt-oss-20b", None), (work / "gpt-oss-120b-2l", "gpt-oss-120b", 2),
+            (work / "gpt-oss-120b-4l", "gpt-oss-120b", 4)]
+    for folder, shape, layers in srcs:
+        ensure_synth(folder, shape, layers)
+    args = [a for folder, _, _ in srcs for a in ("--src", str(folder))]
+    return bench_script("bench_calibrate.py", ["--tokens", "256", *args])
+
+
+def bench_script(name: str, extra: list[str]) -> dict | list | None:
     script = HERE / name
     if not script.is_file():
         return None
@@ -113,7 +124,7 @@ def bench_script(name: str, extra: list[str]) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="quantize,convert,depth,mpi,forward")
+    ap.add_argument("--only", default="quantize,convert,depth,mpi,forward,calibrate,plan")
     ap.add_argument("--workdir", type=Path, default=Path("build/bench"))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--depth-layers", type=int, default=4)
@@ -130,6 +141,8 @@ def main() -> None:
         "depth": lambda: bench_depth(args.workdir, args.depth_layers),
         "mpi": lambda: bench_mpi(args.workdir),
         "forward": lambda: bench_script("bench_forward.py", []),
+        "calibrate": lambda: bench_calibrate(args.workdir),
+        "plan": lambda: bench_script("bench_plan.py", []),
     }
     for name in todo:
         print(f"[bench] {name} ...", flush=True)
