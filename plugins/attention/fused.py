@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from plugins.attention import triton_kernels as K
+from plugins.attention.reference import check_gqa
 
 _TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 DECODE_MAX_ROWS = 64   # T * G up to this many rows runs the decode kernel
@@ -47,14 +48,8 @@ def f32_bits(x: float) -> int:
 
 
 def _check(q, k, v, sinks, sliding_window, q_start) -> None:
-    b, t, hq, d = q.shape
-    s, hkv = k.shape[1], k.shape[2]
-    if hq % hkv or k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not "
-                         "form a GQA problem (Hq must be a multiple of Hkv, shapes must agree)")
-    if q_start < 0 or q_start + t > s:
-        raise ValueError(f"attention: queries at positions {q_start}..{q_start + t - 1} need keys up to "
-                         f"there, but k has {s}; append the new keys to the cache before attending")
+    check_gqa(q, k, v, q_start)
+    hq, d = q.shape[2], q.shape[3]
     if q.dtype not in _TL_DTYPE or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"attention kernel: q, k, v must share one of {list(_TL_DTYPE)}, got "
                          f"{q.dtype}, {k.dtype}, {v.dtype}")

@@ -77,6 +77,18 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int
     return allowed
 
 
+def check_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int) -> None:
+    """q [B, T, Hq, D], k/v [B, S, Hkv, D] must form a GQA problem whose queries see their keys."""
+    b, t, hq, d = q.shape
+    s, hkv = k.shape[1], k.shape[2]
+    if hq % hkv or k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not "
+                         "form a GQA problem (Hq must be a multiple of Hkv, shapes must agree)")
+    if q_start < 0 or q_start + t > s:
+        raise ValueError(f"attention: queries at positions {q_start}..{q_start + t - 1} need keys up to "
+                         f"there, but k has {s}; append the new keys to the cache before attending")
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, *,
               sm_scale: float, sliding_window: int | None, q_start: int) -> torch.Tensor:
     """Causal GQA attention with one learned sink logit per query head.
@@ -87,14 +99,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Te
     subtracted first, in the order transformers' eager gpt-oss attention uses, so that a BF16 forward
     (the calibration dtype) rounds as the oracle does; returns [B, T, Hq, D] in v's dtype.
     """
+    check_gqa(q, k, v, q_start)
     b, t, hq, d = q.shape
     s, hkv = k.shape[1], k.shape[2]
-    if hq % hkv or k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not "
-                         "form a GQA problem (Hq must be a multiple of Hkv, shapes must agree)")
-    if q_start < 0 or q_start + t > s:
-        raise ValueError(f"attention: queries at positions {q_start}..{q_start + t - 1} need keys up to "
-                         f"there, but k has {s}; append the new keys to the cache before attending")
     g, dtype = hq // hkv, q.dtype
     qg = q.reshape(b, t, hkv, g, d).permute(0, 2, 3, 1, 4)                      # [B, Hkv, G, T, D]
     kt = k.to(dtype).permute(0, 2, 3, 1)[:, :, None]                            # [B, Hkv, 1, D, S]
