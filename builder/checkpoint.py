@@ -18,6 +18,7 @@ import torch
 from builder.errors import CheckpointError
 from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors
 from builder.safetensors_io import ShardHeader, check_finite, read_header
+from builder.source_digest import TensorDigests
 from builder.spec import ModelSpec, read_config
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -36,6 +37,7 @@ class Checkpoint:
     weight_map: dict[str, str]  # tensor name -> shard file name (relative to folder)
     headers: dict[str, ShardHeader]
     _handles: dict[str, Any] = field(default_factory=dict, repr=False)
+    digests: TensorDigests | None = field(default=None, repr=False)  # hash rows as they are read
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -111,6 +113,8 @@ class Checkpoint:
                 raise CheckpointError(f"{self.folder / shard}: truncated while reading tensor {name}; "
                                       "re-download or re-copy this shard")
             done += n
+        if self.digests is not None:
+            self.digests.observe(name, rows, start, stop, flat)
         shape = (stop - start, *spec.shape[1:]) if spec.shape else ()
         return flat.view(spec.dtype).reshape(shape)
 

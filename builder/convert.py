@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,10 @@ from builder.checkpoint import Checkpoint
 from builder.errors import CheckpointError
 from builder.experts import ExpertCaster
 from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors, layer_of, projections
-from builder.manifest import build_manifest, hash_files, write_manifest
+from builder.manifest import build_manifest, write_manifest
 from builder.parallel import Comm, SerialComm
 from builder.quant_config import SCOPES, hf_quant_config, inline_quantization_config
+from builder.source_digest import TensorDigests, finish_checksum
 from builder.spec import with_legacy_rope
 from builder.writer import (
     DEFAULT_MAX_SHARD_BYTES,
@@ -136,17 +136,15 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
     copy, skipped = aux_files(src)
     check_free_space(out, sum(s.nbytes for s in shards) + sum(p.stat().st_size for p in copy))
 
-    with one_torch_thread(), ThreadPoolExecutor(max_workers=1) as pool, atomic_output(out, force, comm) as tmp:
-        # hash this rank's share of the source files in the background while converting
-        source_files = ckpt.source_files()
-        mine = [p for i, p in enumerate(source_files) if i % comm.size == comm.rank]
-        source_hashes = pool.submit(hash_files, mine, src)
+    with one_torch_thread(), atomic_output(out, force, comm) as tmp:
+        # the source checksum hashes the rows as they are read: the source is read once
+        ckpt.digests = TensorDigests()
         produce = _Producer(ckpt, input_scales)
         shard_hashes = write_shards(tmp, shards, produce, comm, progress)
         stats = _merge_stats(comm.allgather(produce.stats))
-        all_source = {}
-        for part in comm.allgather(source_hashes.result()):
-            all_source.update(part)
+        read: dict[str, str] = {}
+        for part in comm.allgather(ckpt.digests.finish()):
+            read.update(part)
         ckpt.close()
         manifest = {}
         if comm.rank == 0:
@@ -155,8 +153,9 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
             write_json(tmp / INDEX_NAME, index_json(shards))
             for p in copy:
                 shutil.copyfile(p, tmp / p.name)
+            checksum, source_files = finish_checksum(src, read, ckpt.weight_map)
             manifest = build_manifest(tmp, src=src, expert_format=ckpt.expert_format, scope=SCOPES[scope],
-                                      source_hashes=all_source, shard_hashes=shard_hashes, stats=stats,
+                                      source=(checksum, source_files), shard_hashes=shard_hashes, stats=stats,
                                       skipped=skipped, input_scales=input_scales, calibration=calibration)
             write_manifest(tmp, manifest)
     total = None
@@ -168,7 +167,8 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
     """Conversion overlaps three streams (tensor work, writing + hashing the output, hashing the
-    source); torch's own intra-op threads would fight the other two for the cores, so it gets one."""
+    source rows as they are read); torch's intra-op threads would fight the other two for the cores,
+    so it gets one."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

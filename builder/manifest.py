@@ -15,6 +15,7 @@ from builder.errors import CheckpointError
 from builder.layout import ExpertFormat
 from builder.quant_config import NVFP4_GROUP_SIZE, Scope
 from builder.safetensors_io import sha256_file
+from builder.source_digest import METHOD as SOURCE_METHOD
 from plugins.formats.cast import CastStats
 
 MANIFEST_NAME = "trtkit_manifest.json"
@@ -39,7 +40,7 @@ def listing_checksum(hashes: dict[str, str]) -> str:
 
 
 def build_manifest(out: Path, *, src: Path, expert_format: ExpertFormat, scope: Scope,
-                   source_hashes: dict[str, str], shard_hashes: dict[str, str],
+                   source: tuple[str, dict[str, str]], shard_hashes: dict[str, str],
                    stats: dict[str, CastStats], skipped: list[str],
                    input_scales: dict[str, float] | None, calibration: dict | None) -> dict:
     hashes = dict(shard_hashes)
@@ -53,7 +54,7 @@ def build_manifest(out: Path, *, src: Path, expert_format: ExpertFormat, scope: 
         "format": MANIFEST_FORMAT,
         "trtkit_version": trtkit_version(),
         "source": {"path": str(src.resolve()), "expert_format": expert_format.value,
-                   "checksum": listing_checksum(source_hashes), "files": dict(sorted(source_hashes.items())),
+                   "checksum": source[0], "checksum_method": SOURCE_METHOD, "files": source[1],
                    "not_copied": skipped},
         "quantization": {
             "quant_algo": "NVFP4", "group_size": NVFP4_GROUP_SIZE, "scope": scope.name,

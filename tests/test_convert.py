@@ -208,3 +208,22 @@ def test_sharding_respects_the_limit(tiny_mxfp4, tmp_path):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {s.name for s in shards}
     Checkpoint.open(out)
+
+
+def test_source_checksum_covers_every_byte(tiny_mxfp4, tiny_nvfp4, tmp_path):
+    """The checksum hashed while converting equals one computed from scratch, and any byte changes it."""
+    import shutil
+
+    from builder.source_digest import source_checksum
+
+    manifest = json.loads((tiny_nvfp4 / MANIFEST_NAME).read_text())
+    assert manifest["source"]["checksum"] == source_checksum(tiny_mxfp4)
+    copy = tmp_path / "src"
+    shutil.copytree(tiny_mxfp4, copy)
+    shard = next(copy.glob("*.safetensors"))
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0x01  # last byte of the last tensor's data
+    shard.write_bytes(bytes(raw))
+    assert source_checksum(copy) != manifest["source"]["checksum"]
+    out = convert(copy, tmp_path / "nv").out
+    assert json.loads((out / MANIFEST_NAME).read_text())["source"]["checksum"] == source_checksum(copy)
