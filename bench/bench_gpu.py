@@ -164,7 +164,8 @@ def check_moe(g: torch.Generator) -> list[dict]:
             ref = reference_moe_from_logits(x.float(), logits.float(), truth_experts(t, dtype), TOP_K,
                                             7.0, 1.702)
             err = rel_err(out, ref)
-            case = f"{fmt} N={n} {str(dtype)[6:]}" + (" bf16_scale" if cfg else "")
+            case = f"{fmt} N={n} {str(dtype)[6:]}" + (f" bm={cfg.block_m} bf16_scale={cfg.bf16_scale} "
+                                                      f"swap_ab={cfg.swap_ab}" if cfg else "")
             rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "ok": err <= tol})
     return rows
 
@@ -206,7 +207,23 @@ MOE_CANDIDATES = [moe_fused.MoeConfig(16, bn, bk, w, st, split_k=sk, asm_decode=
                       (64, 128, 4, 4, 4, True, True), (64, 256, 4, 3, None, True, True),
                       (64, 128, 4, 4, None, True, False), (32, 256, 4, 4, None, True, False),
                       (64, 128, 4, 4, None, False, False))]
-CHECK_CONFIGS = (None, moe_fused.MoeConfig(16, 64, 128, 4, 4, bf16_scale=True))
+# the weight tile as the wide (M) operand of the tensor-core instruction (wgmma on sm_90), tokens narrow
+# (swap_ab), and/or more split-K programs in the down projection at small batch (split_fill)
+SWAP_CANDIDATES = [moe_fused.MoeConfig(16, bn, bk, w, st, bf16_scale=b16, swap_ab=True, split_fill=fill)
+                   for bn, bk, w, st, b16, fill in (
+                       (64, 128, 4, 4, True, 2), (128, 64, 4, 6, True, 2), (64, 128, 4, 4, False, 2),
+                       (64, 128, 4, 4, True, 8), (128, 64, 4, 6, True, 8), (64, 128, 4, 5, True, 8),
+                       (64, 64, 4, 8, True, 8), (64, 128, 4, 4, True, 16), (64, 256, 4, 4, True, 8))]
+# timed on every row besides the sweep's picks: 32 rows per expert block (one weight pass per expert
+# where ~16 pairs hit each expert, e.g. gpt-oss-20b at batch 128)
+ROW_EXTRA_CONFIGS = (moe_fused.MoeConfig(32, 64, 128, 4, 4, bf16_scale=True, swap_ab=True, split_fill=8),)
+# the configs of the previous published MoE decode table (BENCHMARKS.md issue 6), timed on every row
+PREV_CONFIGS = (moe_fused.MoeConfig(16, 32, 256, 4, 4), moe_fused.MoeConfig(16, 128, 64, 4, 6, bf16_scale=True))
+CHECK_CONFIGS = (None, moe_fused.MoeConfig(16, 64, 128, 4, 4, bf16_scale=True),
+                 moe_fused.MoeConfig(16, 64, 128, 4, 4, swap_ab=True),
+                 moe_fused.MoeConfig(16, 128, 64, 4, 6, bf16_scale=True, swap_ab=True),
+                 moe_fused.MoeConfig(32, 64, 128, 4, 4, bf16_scale=True, swap_ab=True, split_fill=8))
+QUICK = False  # --quick: sweep PREV_CONFIGS + SWAP_CANDIDATES only
 
 
 def moe_sweep(layers: list[MoeTensors], batch: int, g: torch.Generator) -> moe_fused.MoeConfig:
@@ -214,7 +231,8 @@ def moe_sweep(layers: list[MoeTensors], batch: int, g: torch.Generator) -> moe_f
     x = torch.randn(batch, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
     logits = [torch.randn(batch, layers[0].gate_up.num_experts, device=DEV, generator=g) for _ in layers]
     best = None
-    for cfg in MOE_CANDIDATES:
+    cands = list(PREV_CONFIGS) + SWAP_CANDIDATES if QUICK else MOE_CANDIDATES + SWAP_CANDIDATES
+    for cfg in cands:
         ms = graph_ms(partial(_run_layers, x, logits, layers, cfg), reps=20)
         print(f"  moe batch {batch} {cfg}: {ms / len(layers) * 1e3:.1f} us/layer", flush=True)
         if best is None or ms < best[0]:
@@ -227,8 +245,13 @@ def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float
     x = torch.randn(n, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
     logits = [torch.randn(n, e, device=DEV, generator=g) for _ in layers]
     active = statistics.mean(len(torch.topk(lg, TOP_K).indices.unique()) for lg in logits)
-    timed = [(graph_ms(partial(_run_layers, x, logits, layers, c)) / len(layers), c) for c in cfgs]
-    ours, cfg = min(timed, key=lambda tc: tc[0])
+    both = list(dict.fromkeys(list(cfgs) + list(PREV_CONFIGS) + list(ROW_EXTRA_CONFIGS)))
+    timed = {c: graph_ms(partial(_run_layers, x, logits, layers, c)) / len(layers) for c in both}
+    cfg = min(timed, key=timed.get)
+    ours = timed[cfg]
+    print(f"  moe row {shape} batch {n}: " + ", ".join(f"{t * 1e3:.1f} us {c}" for c, t in timed.items()),
+          flush=True)
+    prev = min(timed[c] for c in PREV_CONFIGS)
     eager = time_ms(partial(_run_layers, x, logits, layers, cfg), reps=20) / len(layers)
     base = time_ms(partial(_run_reference, x, logits, [t.to_weights() for t in layers]), reps=5,
                    warmup=1) / len(layers)
@@ -237,7 +260,9 @@ def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float
     return {"shape": shape, "batch": n, "active_experts": round(active, 1),
             "weight_mb": round(active * per_expert / 1e6, 1), "us_graph": round(ours * 1e3, 1),
             "us_eager": round(eager * 1e3, 1), "weight_gb_s": round(gb_s),
-            "frac_copy_bw": round(gb_s / copy_gb_s, 3), "us_dequant_baseline": round(base * 1e3),
+            "frac_copy_bw": round(gb_s / copy_gb_s, 3), "us_graph_prev_configs": round(prev * 1e3, 1),
+            "frac_copy_bw_prev_configs": round(active * per_expert / prev / 1e6 / copy_gb_s, 3),
+            "us_dequant_baseline": round(base * 1e3),
             "speedup_vs_baseline": round(base / eager, 1), "config": str(cfg)}
 
 
@@ -386,8 +411,13 @@ def print_tables(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the results here as JSON")
-    ap.add_argument("--only", default="check,moe,attention")
+    ap.add_argument("--only", default="check,moe,attention",
+                    help="comma list of check, check-moe (MoE cases only), moe, attention")
+    ap.add_argument("--quick", action="store_true",
+                    help="MoE sweep over the previous table's configs and the swap_ab ones only")
     args = ap.parse_args()
+    global QUICK
+    QUICK = args.quick
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU (H100/H200); none is visible")
     g = torch.Generator(device=DEV).manual_seed(0)
@@ -395,6 +425,8 @@ def main() -> None:
     print(f"[bench-gpu] {r['machine']} {r['ceilings']}", flush=True)
     todo = args.only.split(",")
     r["check"] = (check_moe(g) + check_attention(g)) if "check" in todo else []
+    if "check-moe" in todo:
+        r["check"] = check_moe(g)
     for row in r["check"]:
         print(f"  check {row}", flush=True)
     if "moe" in todo:
@@ -406,6 +438,15 @@ def main() -> None:
         args.out.write_text(json.dumps(r, indent=1))
     if all(k in r for k in ("moe", "attention")) and r["check"]:
         print_tables(r)
+    elif "moe" in r:
+        bad = [x for x in r["check"] if not x["ok"]]
+        print(f"\ncheck: {len(r['check']) - len(bad)}/{len(r['check'])} ok" + (f"; FAILED {bad}" if bad else ""))
+        print(f"MoE decode, configs {r['moe']['config']}; copy {r['ceilings']['copy_gb_s']:.0f} GB/s")
+        for m in r["moe"]["rows"]:
+            print(f"{m['shape']:14s} {m['batch']:4d} {m['active_experts']:6.1f} {m['weight_mb']:7.1f} MB "
+                  f"graph {m['us_graph']:7.1f} us ({m['frac_copy_bw']:.3f}) prev cfgs {m['us_graph_prev_configs']:7.1f} "
+                  f"us ({m['frac_copy_bw_prev_configs']:.3f}) eager {m['us_eager']:7.1f} base {m['us_dequant_baseline']} "
+                  f"x{m['speedup_vs_baseline']} {m['config']}")
 
 
 if __name__ == "__main__":

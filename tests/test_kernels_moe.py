@@ -156,3 +156,19 @@ def test_rejects_bad_arguments():
         fused.fused_moe(x, torch.randn(2, 3), t, 2)
     with pytest.raises(ValueError, match="block_k=16"):
         fused.MoeConfig(16, 32, 16)
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "nvfp4-kmajor", "mxfp4", "bf16"])
+@pytest.mark.parametrize("config", [
+    fused.MoeConfig(16, 64, 32, split_k=3, swap_ab=True),          # weights as the left operand
+    fused.MoeConfig(16, 128, 64, swap_ab=True, split_fill=8),      # the decode default's shape
+], ids=["swap-splitk3", "swap-fill8"])
+def test_swap_ab_configs(fmt, config):
+    """The swapped-operand decode path (the GPU default) against the reference, float32."""
+    n, e, k, h, i = SHAPES["decode-2tok-e32-k4-padded"]
+    g = torch.Generator().manual_seed(3)
+    router, w = make_layer(e, h, i, fmt, g)
+    x = torch.randn(n, h, generator=g)
+    ref = moe(x, router, w, k)
+    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, fmt), k, config=config)
+    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())

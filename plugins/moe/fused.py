@@ -34,8 +34,8 @@ class MoeConfig:
     """Tile sizes of both grouped GEMMs. block_n counts output columns (gate_up: interleaved gate/up
     columns, so block_n/2 SwiGLU outputs); block_k is a multiple of 32 (one MXFP4 block). split_k
     splits the down projection's input dimension over that many programs (None: enough programs to
-    fill the GPU twice, at most MAX_SPLIT_K). num_stages is the depth of Triton's cp.async pipeline
-    for the weight, scale and activation tiles."""
+    give each SM split_fill programs, at most MAX_SPLIT_K). num_stages is the depth of Triton's
+    cp.async pipeline for the weight, scale and activation tiles."""
 
     block_m: int
     block_n: int
@@ -45,6 +45,8 @@ class MoeConfig:
     split_k: int | None = None
     asm_decode: bool = True   # PTX nibble decode on CUDA (the interpreter always uses plain Triton)
     bf16_scale: bool = False  # with asm_decode and bf16 activations: scale multiply in bf16x2
+    swap_ab: bool = False     # weight tile as the dot's wide (M) operand, tokens as the narrow one
+    split_fill: int = 2       # split_k=None: aim for split_fill programs per SM in the down projection
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -55,20 +57,27 @@ class MoeConfig:
             raise ValueError(f"MoeConfig.block_k={self.block_k} must be >= 32 (one MXFP4 block)")
         if self.split_k is not None and self.split_k < 1:
             raise ValueError(f"MoeConfig.split_k={self.split_k} must be None or >= 1")
+        if self.split_fill < 1:
+            raise ValueError(f"MoeConfig.split_fill={self.split_fill} must be >= 1")
 
 
 INTERPRETER_CONFIG = MoeConfig(64, 128, 128, split_k=1)  # few, large programs: cheap to interpret
-DECODE_CONFIG = MoeConfig(16, 64, 128, num_warps=4, num_stages=4)   # few rows per expert
+DECODE_CONFIG = MoeConfig(16, 64, 128, num_warps=4, num_stages=4, bf16_scale=True, swap_ab=True,
+                          split_fill=8)   # few rows per expert
 PREFILL_CONFIG = MoeConfig(64, 128, 64, num_warps=4, num_stages=3, split_k=1)
+# more than 8 mean rows per expert: 32-row blocks, so an expert's ~16 rows read its weights once
+DECODE_WIDE_CONFIG = MoeConfig(32, 64, 128, num_warps=4, num_stages=4, bf16_scale=True, swap_ab=True,
+                               split_fill=8)
 DECODE_MAX_ROWS_PER_EXPERT = 16  # mean (token, slot) pairs per expert up to which DECODE_CONFIG is used
-MAX_SPLIT_K = 4
+MAX_SPLIT_K = 8
 
 
 def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeConfig:
     if device.type != "cuda":
         return INTERPRETER_CONFIG
-    decode = num_pairs <= DECODE_MAX_ROWS_PER_EXPERT * num_experts
-    return DECODE_CONFIG if decode else PREFILL_CONFIG
+    if num_pairs <= 8 * num_experts:
+        return DECODE_CONFIG
+    return DECODE_WIDE_CONFIG if num_pairs <= DECODE_MAX_ROWS_PER_EXPERT * num_experts else PREFILL_CONFIG
 
 
 def _small_blocks(device: torch.device) -> tuple[int, int, int]:
@@ -108,7 +117,7 @@ def _split_k(cfg: MoeConfig, programs: int, k: int, device: torch.device) -> tup
     splits = cfg.split_k
     if splits is None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        splits = max(1, min(MAX_SPLIT_K, triton.cdiv(2 * sms, programs)))
+        splits = max(1, min(MAX_SPLIT_K, triton.cdiv(cfg.split_fill * sms, programs)))
     rows = triton.cdiv(triton.cdiv(k, splits), cfg.block_k) * cfg.block_k
     return triton.cdiv(k, rows), rows
 
@@ -130,7 +139,7 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
         GATE_UP=gate_up, TOP_K=top_k, FMT=fmt, GROUP=group,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         W_DTYPE=_TL_DTYPE[dtype], DOT_DTYPE=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
-        ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale,
+        ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale, SWAP_AB=cfg.swap_ab,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 

@@ -207,12 +207,19 @@ def _decode_weight(first, second, gs, FMT: tl.constexpr, GROUP: tl.constexpr, BK
 @triton.jit
 def _k_step(acc, a_base, valid, raw0, raw1, k0, K, gs, FMT: tl.constexpr, GROUP: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_DTYPE: tl.constexpr,
-            DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr, BF16_SCALE: tl.constexpr):
-    """acc += A[:, k0:k0+BLOCK_K] @ W[k0:k0+BLOCK_K, :], W given as `_load_weight` bytes."""
+            DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr, BF16_SCALE: tl.constexpr,
+            SWAP_AB: tl.constexpr):
+    """acc += A[:, k0:k0+BLOCK_K] @ W[k0:k0+BLOCK_K, :], W given as `_load_weight` bytes. SWAP_AB: acc is
+    transposed, [BLOCK_N, BLOCK_M], and the decoded weight tile is the dot's left operand (the "M" side
+    of the tensor-core instruction is the weight's output columns, the tokens are the narrow side)."""
     cols = k0 + tl.arange(0, BLOCK_K)
     a = tl.load(a_base + cols[None, :], mask=valid[:, None] & (cols < K)[None, :], other=0.0)
     w = _decode_weight(raw0, raw1, gs, FMT, GROUP, BLOCK_K, BLOCK_N, W_DTYPE, DOT_DTYPE, ASM, BF16_SCALE)
-    return tl.dot(a.to(DOT_DTYPE), tl.trans(w), acc, input_precision=PRECISION)
+    if SWAP_AB:
+        acc = tl.dot(w, tl.trans(a.to(DOT_DTYPE)), acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(a.to(DOT_DTYPE), tl.trans(w), acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
@@ -223,7 +230,7 @@ def _expert_gemm_kernel(
         GATE_UP: tl.constexpr, TOP_K: tl.constexpr, FMT: tl.constexpr, GROUP: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
-        BF16_SCALE: tl.constexpr):
+        BF16_SCALE: tl.constexpr, SWAP_AB: tl.constexpr):
     """One BLOCK_M block of sorted rows times one expert's weight [K, N] (+ bias).
 
     GATE_UP: A rows are tokens (x[flat // TOP_K]); the BLOCK_N interleaved gate/up columns become
@@ -248,12 +255,19 @@ def _expert_gemm_kernel(
         gs = tl.load(gs_ptr).to(tl.float32)
     k_lo = tl.program_id(2) * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    if SWAP_AB:
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    else:
+        acc_t = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):  # loads pipelined num_stages deep by Triton (cp.async)
         raw0, raw1 = _load_weight(w_base, s_base, k0, n, k_hi, N, stride_wk, stride_wn, stride_sk,
                                   stride_sn, FMT, GROUP, BLOCK_K)
-        acc = _k_step(acc, a_base, valid, raw0, raw1, k0, k_hi, gs, FMT, GROUP, BLOCK_M, BLOCK_N,
-                      BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM, BF16_SCALE)
+        acc_t = _k_step(acc_t, a_base, valid, raw0, raw1, k0, k_hi, gs, FMT, GROUP, BLOCK_M, BLOCK_N,
+                        BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM, BF16_SCALE, SWAP_AB)
+    if SWAP_AB:
+        acc = tl.trans(acc_t)
+    else:
+        acc = acc_t
     bias_cols = tl.where(tl.program_id(2) == 0, N, 0)  # split 0 adds the bias
     bias = tl.load(bias_ptr + expert * stride_be + n, mask=n < bias_cols, other=0.0)
     acc += bias.to(W_DTYPE).to(tl.float32)[None, :]
