@@ -137,10 +137,6 @@ class Checkpoint:
             os.close(fd)
         self._handles.clear()
 
-    def source_files(self) -> list[Path]:
-        """Every regular file of the checkpoint (top level), sorted; symlinks resolved within reason."""
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
-
 
 def expert_format_of(config: dict[str, Any], folder: Path) -> ExpertFormat:
     """The format the checkpoint states: `quantization_config.quant_method` or hf_quant_config.json."""

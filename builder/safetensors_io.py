@@ -1,7 +1,9 @@
 """safetensors at the byte level: a validating header reader and a streaming writer.
 
-Reading goes through `safetensors.safe_open` (lazy, mmap) after our own header check, so a truncated
-or corrupt file is reported by name before any tensor is touched. Writing streams one chunk at a time
+Our own header check runs before any tensor is touched, so a truncated or corrupt file is reported by
+name; `builder.checkpoint` then reads tensor rows with `preadv` at the offsets it found (no mmap:
+mapped pages would count as resident memory for the whole run). The safetensors library is the
+oracle for both directions in the tests. Writing streams one chunk at a time
 (the header is computed from the plan first), hashing as it goes, so memory never holds a shard.
 """
 
