@@ -18,9 +18,7 @@ import torch
 
 from builder.checkpoint import Checkpoint
 from builder.errors import TrtkitError
-from builder.layout import experts_prefix
-from builder.runtime.hooks import AmaxCollector
-from plugins.formats.nvfp4 import E2M1_MAX, E4M3_MAX
+from builder.runtime.hooks import AmaxCollector, input_scales  # noqa: F401  (re-exported)
 
 DEFAULT_TEXT = "calibration.txt"  # builder/data/calibration.txt, see its first paragraph
 DEFAULT_SEQ_LEN = 128
@@ -86,11 +84,6 @@ def calibration_data(src: Path, *, input_ids: Path | None = None, text_file: Pat
     return CalibrationData(_chunk(ids, seq_len), f"{source}, tokenized with tokenizer.json, {seq_len}-token sequences")
 
 
-def input_scale(amax: float) -> torch.Tensor:
-    """Model Optimizer's activation scale: float32 amax / (6 * 448), a 0-d float32 tensor."""
-    return torch.tensor(amax, dtype=torch.float32) / (E2M1_MAX * E4M3_MAX)
-
-
 def collect_amax(src: Path, data: CalibrationData, *, dtype: torch.dtype = torch.bfloat16,
                  stream: bool = True, progress: Callable[[int], None] | None = None
                  ) -> dict[str, float]:
@@ -103,9 +96,4 @@ def collect_amax(src: Path, data: CalibrationData, *, dtype: torch.dtype = torch
     # one sequence per forward (as Model Optimizer's loop), layer-outer so each layer is read once;
     # the lm_head is never computed: calibration needs the expert inputs only
     runtime.hidden_many([torch.tensor([seq], dtype=torch.int64) for seq in data.sequences], progress)
-    return {f"{experts_prefix(layer)}.{proj}": a for (layer, proj), a in sorted(collector.amax.items())}
-
-
-def input_scales(amax: dict[str, float]) -> dict[str, float]:
-    """{`<proj>_input_scale`: value} (values exactly representable in float32)."""
-    return {f"{base}_input_scale": float(input_scale(a)) for base, a in amax.items()}
+    return collector.by_projection()

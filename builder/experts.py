@@ -20,7 +20,7 @@ from builder.checkpoint import Checkpoint
 from builder.errors import CheckpointError
 from builder.layout import ExpertFormat, Projection
 from plugins.formats.cast import CastStats, cast_mxfp4_to_nvfp4, mxfp4_kmax
-from plugins.formats.nvfp4 import E2M1_MAX, E4M3_MAX, quantize_nvfp4
+from plugins.formats.nvfp4 import quantize_nvfp4, scale_from_amax
 
 E8M0_NAN = 255  # the E8M0 encoding of NaN
 
@@ -69,7 +69,7 @@ class ExpertCaster:
             a = w.abs().amax()
             amax = a if amax is None else torch.maximum(amax, a)
         # Model Optimizer: amax in the weight dtype, then float32 / (6 * 448)
-        return amax.float() / (E2M1_MAX * E4M3_MAX)
+        return scale_from_amax(amax)
 
     # ---- per expert -----------------------------------------------------------------------
     def _convert(self, e: int) -> tuple[torch.Tensor, torch.Tensor, CastStats | None]:

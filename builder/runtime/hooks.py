@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from builder.layout import experts_prefix
-from plugins.formats.nvfp4 import E2M1_MAX, E4M3_MAX
+from plugins.formats.nvfp4 import scale_from_amax
 
 
 @dataclass
@@ -21,7 +21,14 @@ class AmaxCollector:
             key = (layer, proj)
             self.amax[key] = max(self.amax.get(key, 0.0), float(x.detach().abs().max()))
 
+    def by_projection(self) -> dict[str, float]:
+        """{`model.layers.N.mlp.experts.<proj>`: amax}."""
+        return {f"{experts_prefix(layer)}.{proj}": a for (layer, proj), a in sorted(self.amax.items())}
+
     def input_scales(self) -> dict[str, float]:
-        """{`model.layers.N.mlp.experts.<proj>_input_scale`: amax / (6 * 448)}, as `convert` takes them."""
-        return {f"{experts_prefix(layer)}.{proj}_input_scale": a / (E2M1_MAX * E4M3_MAX)
-                for (layer, proj), a in sorted(self.amax.items())}
+        return input_scales(self.by_projection())
+
+
+def input_scales(amax: dict[str, float]) -> dict[str, float]:
+    """{`<proj>_input_scale`: float32(amax) / (6 * 448)}, as `convert` takes them (float32-exact)."""
+    return {f"{base}_input_scale": float(scale_from_amax(a)) for base, a in amax.items()}

@@ -64,8 +64,10 @@ def _block_amax(rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _global_scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
-    return amax.float().reshape(()) / (E2M1_MAX * E4M3_MAX)
+def scale_from_amax(amax: torch.Tensor | float) -> torch.Tensor:
+    """ModelOpt's per-tensor NVFP4 scale, float32 0-d ``float32(amax) / (6 * 448)``: the weights'
+    ``weight_scale_2`` and the activations' ``input_scale`` alike."""
+    return torch.as_tensor(amax).float().reshape(()) / (E2M1_MAX * E4M3_MAX)
 
 
 def _block_scale_from_amax(block_amax: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
@@ -81,7 +83,7 @@ def nvfp4_global_scale(x: torch.Tensor) -> torch.Tensor:
     amax = torch.maximum(lo.abs(), hi.abs())
     if not torch.isfinite(amax):
         raise ValueError(f"non-finite value at index {nonfinite_index(x)}")
-    return _global_scale_from_amax(amax)
+    return scale_from_amax(amax)
 
 
 def encode_nvfp4(rows: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,7 @@ def quantize_nvfp4(
     amax = block_amax.max()
     if not torch.isfinite(amax):
         raise ValueError(f"non-finite value at index {nonfinite_index(x)}")
-    gs = _global_scale_from_amax(amax) if global_scale is None else _check_global_scale(global_scale)
+    gs = scale_from_amax(amax) if global_scale is None else _check_global_scale(global_scale)
     if block_scale is not None:
         _check_block_scale(block_scale, scale_shape)
     if gs == 0:
