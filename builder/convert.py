@@ -153,7 +153,7 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
             write_json(tmp / INDEX_NAME, index_json(shards))
             for p in copy:
                 shutil.copyfile(p, tmp / p.name)
-            checksum, source_files = finish_checksum(src, read, ckpt.weight_map)
+            checksum, source_files = finish_checksum(src, read)
             manifest = build_manifest(tmp, src=src, expert_format=ckpt.expert_format, scope=SCOPES[scope],
                                       source=(checksum, source_files), shard_hashes=shard_hashes, stats=stats,
                                       skipped=skipped, input_scales=input_scales, calibration=calibration)

@@ -87,33 +87,24 @@ def combine(files: dict[str, str], headers: dict[str, str], tensors: dict[str, s
     return hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
 
 
-def finish_checksum(folder: Path, read: dict[str, str], weight_map: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """Complete the checksum from the tensors the converter hashed while reading (`read`): tensors it
-    never read whole are hashed here; headers and the other files are small. Returns (checksum,
-    {file: sha256} of the non-weight files)."""
+def finish_checksum(folder: Path, read: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The checksum of `folder`, reusing the tensor digests the converter computed while reading
+    (`read`); tensors it never read whole are hashed here, headers and other files are small.
+    Returns (checksum, {file: sha256} of the non-weight files)."""
     folder = Path(folder)
-    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-             if p.is_file() and not p.name.endswith(".safetensors")}
-    headers, tensors = {}, dict(read)
-    for shard in sorted(set(weight_map.values())):
-        h = read_header(folder / shard)
-        headers[shard] = header_sha256(folder / shard)
+    files, headers, tensors = {}, {}, dict(read)
+    for p in sorted(q for q in folder.iterdir() if q.is_file()):
+        if not p.name.endswith(".safetensors"):
+            files[p.name] = sha256_file(p)
+            continue
+        h = read_header(p)
+        headers[p.name] = header_sha256(p)
         for name, spec in h.tensors.items():
             if name not in tensors:
-                tensors[name] = tensor_sha256(folder / shard, h.data_start + h.offsets[name], spec.nbytes)
+                tensors[name] = tensor_sha256(p, h.data_start + h.offsets[name], spec.nbytes)
     return combine(files, headers, tensors), files
 
 
 def source_checksum(folder: Path) -> str:
-    """The same checksum computed from scratch, one sequential read of every file (for checking)."""
-    folder = Path(folder)
-    files, headers, tensors = {}, {}, {}
-    for p in sorted(q for q in folder.iterdir() if q.is_file()):
-        if p.name.endswith(".safetensors"):
-            h = read_header(p)
-            headers[p.name] = header_sha256(p)
-            for name, spec in h.tensors.items():
-                tensors[name] = tensor_sha256(p, h.data_start + h.offsets[name], spec.nbytes)
-        else:
-            files[p.name] = sha256_file(p)
-    return combine(files, headers, tensors)
+    """The same checksum from scratch, one sequential read of every file (to check a manifest)."""
+    return finish_checksum(folder, {})[0]
