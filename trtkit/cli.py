@@ -119,7 +119,8 @@ def convert(src: Path, out: Path, scope: str, max_shard_gb: float, force: bool, 
         fail("--calib-input-ids/--calib-text need --calibrate")
     scales, calibration = None, None
     if calibrate:
-        scales, calibration = _calibrate(src, calib_input_ids, calib_text, calib_dtype, quiet, comm.rank)
+        scales, calibration = _calibrate(src, ckpt.spec.num_hidden_layers, calib_input_ids, calib_text,
+                                         calib_dtype, quiet, comm.rank)
     total = sum(t.nbytes for t in checkpoint_tensors(ckpt.spec, ExpertFormat.NVFP4))
     with bar(total, "convert", _progress_enabled(quiet, comm.rank)) as advance:
         result = run_convert(src, out, scope=scope, force=force, comm=comm, input_scales=scales,
@@ -130,16 +131,14 @@ def convert(src: Path, out: Path, scope: str, max_shard_gb: float, force: bool, 
     _report_convert(result.manifest, out, as_json)
 
 
-def _calibrate(src: Path, ids: Path | None, text: Path | None, dtype: str, quiet: bool, rank: int
+def _calibrate(src: Path, layers: int, ids: Path | None, text: Path | None, dtype: str, quiet: bool, rank: int
                ) -> tuple[dict[str, float], dict]:
     """Every rank calibrates (same data, same result): no rank waits on another."""
     import torch
 
     from builder.calibrate import calibration_data, collect_amax, input_scales
-    from builder.checkpoint import Checkpoint
 
     data = calibration_data(src, input_ids=ids, text_file=text)
-    layers = Checkpoint.open(src).spec.num_hidden_layers
     with bar(layers, f"calibrate {data.num_tokens} tokens", _progress_enabled(quiet, rank), "layer") as advance:
         amax = collect_amax(src, data, dtype=getattr(torch, dtype), progress=advance)
     return input_scales(amax), {**data.describe(), "dtype": dtype, "amax": amax}
