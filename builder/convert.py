@@ -18,7 +18,7 @@ import torch
 from builder.checkpoint import Checkpoint
 from builder.errors import CheckpointError
 from builder.experts import ExpertCaster
-from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors, layer_of, projections
+from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors, experts_prefix, layer_of, projections
 from builder.manifest import build_manifest, write_manifest
 from builder.parallel import Comm, SerialComm
 from builder.quant_config import SCOPES, hf_quant_config, inline_quantization_config
@@ -49,6 +49,10 @@ class ConvertResult:
     manifest: dict
 
 
+# NVFP4 expert tensors and the ExpertCaster method that produces each, by name suffix.
+EXPERT_OUTPUTS = (("", "weight"), ("_weight_scale", "weight_scale"), ("_weight_scale_2", "weight_scale_2"))
+
+
 class _Producer:
     """Produces every target tensor from the source on demand, keeping one projection's state."""
 
@@ -57,31 +61,30 @@ class _Producer:
         self.input_scales = input_scales or {}
         self.casters: dict[str, ExpertCaster] = {}
         self.stats: dict[str, CastStats] = {}
-        self._bases = {f"model.layers.{i}.mlp.experts.{p.name}": p
-                       for i in range(ckpt.spec.num_hidden_layers) for p in projections(ckpt.spec)}
+        self._projection = {f"{experts_prefix(i)}.{p.name}": p
+                            for i in range(ckpt.spec.num_hidden_layers) for p in projections(ckpt.spec)}
+        self._routes = {base + suffix: (base, method) for base in self._projection
+                        for suffix, method in EXPERT_OUTPUTS}  # target name -> (projection, method)
 
     def _caster(self, base: str) -> ExpertCaster:
         if base not in self.casters:
             # hold at most one layer's projections: drop casters of other layers
             layer = layer_of(base)
             self.casters = {b: c for b, c in self.casters.items() if layer_of(b) == layer}
-            self.casters[base] = ExpertCaster(self.ckpt, base, self._bases[base])
+            self.casters[base] = ExpertCaster(self.ckpt, base, self._projection[base])
         return self.casters[base]
 
     def __call__(self, t: TensorSpec) -> Iterator[torch.Tensor]:
-        for suffix, method in (("", "weight"), ("_weight_scale", "weight_scale"),
-                               ("_weight_scale_2", "weight_scale_2")):
-            base = t.name.removesuffix(suffix) if suffix else t.name
-            if (not suffix or t.name.endswith(suffix)) and base in self._bases:
-                caster = self._caster(base)
-                yield from getattr(caster, method)()
-                if method == "weight" and caster.stats is not None:
-                    self.stats[base] = caster.stats
-                return
-        if t.name.endswith("_input_scale"):
+        if t.name in self._routes:
+            base, method = self._routes[t.name]
+            caster = self._caster(base)
+            yield from getattr(caster, method)()
+            if method == "weight" and caster.stats is not None:
+                self.stats[base] = caster.stats
+        elif t.name.endswith("_input_scale"):
             yield torch.tensor(self.input_scales[t.name], dtype=torch.float32)
-            return
-        yield from self._copy(t)
+        else:
+            yield from self._copy(t)
 
     def _copy(self, t: TensorSpec) -> Iterator[torch.Tensor]:
         """A BF16 tensor, verbatim, in row chunks (checked for NaN/Inf)."""
