@@ -112,11 +112,12 @@ def compare_expert_weights(ref: Checkpoint, cand: Checkpoint) -> tuple[list[str]
     return exact, inexact
 
 
-def verify(reference: Path, candidate: Path, ids: torch.Tensor | None = None, *, num_tokens: int = 256,
-           thresholds: Thresholds = Thresholds(), stream: bool = True, emulate_w4a4: bool = False,
-           dtype: torch.dtype = torch.float32,
-           log: Callable[[str], None] | None = None) -> Report:
-    """Run both checkpoints on the same tokens and compare logits and expert weights."""
+def verify_modes(reference: Path, candidate: Path, modes: dict[bool, Thresholds],
+                 ids: torch.Tensor | None = None, *, num_tokens: int = 256, stream: bool = True,
+                 dtype: torch.dtype = torch.float32,
+                 log: Callable[[str], None] | None = None) -> dict[bool, Report]:
+    """Compare CANDIDATE with REFERENCE once per mode ({emulate_w4a4: thresholds}); the reference
+    logits and the expert-weight comparison are computed once and shared by every mode."""
     from builder.runtime.model import GptOssRuntime
 
     ref_ckpt, cand_ckpt = Checkpoint.open(reference), Checkpoint.open(candidate)
@@ -126,11 +127,23 @@ def verify(reference: Path, candidate: Path, ids: torch.Tensor | None = None, *,
     say = log or (lambda _: None)
     say(f"running reference {reference} on {ids.numel()} tokens")
     ref_logits = GptOssRuntime(ref_ckpt, dtype=dtype, stream=stream).logits(ids)
-    say(f"running candidate {candidate}{' (W4A4 emulated)' if emulate_w4a4 else ''}")
-    cand_logits = GptOssRuntime(cand_ckpt, dtype=dtype, stream=stream, emulate_w4a4=emulate_w4a4).logits(ids)
-    metrics = logit_metrics(ref_logits, cand_logits)
     say("comparing expert weights")
     exact, inexact = compare_expert_weights(ref_ckpt, cand_ckpt)
-    passed = metrics["kl_mean"] <= thresholds.max_kl and metrics["top1_agreement"] >= thresholds.min_top1
-    return Report(**metrics, exact_tensors=exact, inexact_tensors=inexact, positions=int(ids.numel()),
-                  passed=passed, thresholds=thresholds)
+    reports = {}
+    for emulate, thresholds in modes.items():
+        say(f"running candidate {candidate}{' (W4A4 emulated)' if emulate else ''}")
+        cand = GptOssRuntime(cand_ckpt, dtype=dtype, stream=stream, emulate_w4a4=emulate).logits(ids)
+        metrics = logit_metrics(ref_logits, cand)
+        passed = metrics["kl_mean"] <= thresholds.max_kl and metrics["top1_agreement"] >= thresholds.min_top1
+        reports[emulate] = Report(**metrics, exact_tensors=exact, inexact_tensors=inexact,
+                                  positions=int(ids.numel()), passed=passed, thresholds=thresholds)
+    return reports
+
+
+def verify(reference: Path, candidate: Path, ids: torch.Tensor | None = None, *, num_tokens: int = 256,
+           thresholds: Thresholds = Thresholds(), stream: bool = True, emulate_w4a4: bool = False,
+           dtype: torch.dtype = torch.float32,
+           log: Callable[[str], None] | None = None) -> Report:
+    """Run both checkpoints on the same tokens and compare logits and expert weights."""
+    return verify_modes(reference, candidate, {emulate_w4a4: thresholds}, ids, num_tokens=num_tokens,
+                        stream=stream, dtype=dtype, log=log)[emulate_w4a4]

@@ -107,13 +107,12 @@ def write_verification(out: Path, exact: dict, w4a4: dict, policy: VerifyPolicy)
 
 def run_verification(src: Path, ckpt: Path, policy: VerifyPolicy, log: Callable[[str], None]
                      ) -> tuple[dict, dict]:
-    from builder.verify import Thresholds, verify
+    from builder.verify import Thresholds, verify_modes
 
-    exact = verify(src, ckpt, num_tokens=policy.num_tokens,
-                   thresholds=Thresholds(max_kl=policy.max_kl, min_top1=policy.min_top1), log=log)
-    w4a4 = verify(src, ckpt, num_tokens=policy.num_tokens, emulate_w4a4=True,
-                  thresholds=Thresholds(max_kl=policy.w4a4_max_kl, min_top1=0.0), log=log)
-    return exact.to_json(), w4a4.to_json()
+    reports = verify_modes(src, ckpt, {False: Thresholds(max_kl=policy.max_kl, min_top1=policy.min_top1),
+                                       True: Thresholds(max_kl=policy.w4a4_max_kl, min_top1=0.0)},
+                           num_tokens=policy.num_tokens, log=log)
+    return reports[False].to_json(), reports[True].to_json()
 
 
 def write_manifest(out: Path, *, src: Path, source_checksum: str, include_source: bool, extra: dict) -> dict:
