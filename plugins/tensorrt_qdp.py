@@ -11,7 +11,9 @@ cannot install TensorRT.
 attention: q [B, T, Hq, D], k/v [B, S, Hkv, D] (BF16 or FP16, dense), sinks [Hq] FP32 -> [B, T, Hq, D].
     Attributes sm_scale, sliding_window (0: full causal attention; TensorRT attributes have no None)
     and q_start. Ahead-of-time implementation: `attn_prefill_kernel` compiled to PTX at build time
-    and launched by TensorRT (no Python at run time); Hq, Hkv, D and the attributes are baked in.
+    and launched by TensorRT (no Python at run time); Hq, Hkv, D and the attributes are baked in, and
+    the PTX entry takes exactly the pointers and scalars TensorRT passes (`plugins.attention.aot`,
+    compiled and assembled for sm_90 and sm_100 in the CPU tests).
     A just-in-time implementation (the Triton launcher on TensorRT's stream) serves the same op.
 moe: x [N, H] BF16, router logits [N, E] BF16, then per projection (gate_up, down) the packed FP4 codes
     [E, out, in/2] UINT8 (input-fastest, the layout the kernel decodes fastest; MXFP4 blocks flattened),
@@ -26,14 +28,13 @@ moe: x [N, H] BF16, router logits [N, E] BF16, then per projection (gate_up, dow
 import tensorrt as trt
 import tensorrt.plugin as trtp
 import torch
-import triton
 
+from plugins.attention import aot
 from plugins.attention import fused as attention_fused
-from plugins.attention import triton_kernels as attention_kernels
 from plugins.moe.fused import fused_moe
 from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
 
-_TRT_TO_TRITON = {trt.bfloat16: ("bf16", triton.language.bfloat16), trt.float16: ("fp16", triton.language.float16)}
+_TRT_DTYPES = {trt.bfloat16: "bf16", trt.float16: "fp16"}
 
 
 def _constant(expr, what: str) -> int:
@@ -71,31 +72,20 @@ def attention_impl(q, k, v, sinks, sm_scale: float, sliding_window: int, q_start
 def attention_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, sinks: trtp.TensorDesc,
                   sm_scale: float, sliding_window: int, q_start: int, outputs: tuple[trtp.TensorDesc],
                   tactic: int) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymExprs]:
-    """attn_prefill_kernel's PTX; its int32 arguments (T, S, q_start, window, sm_scale bits, strides of
-    dense q/k/v/out) as symbolic expressions of the input shapes, in the kernel's argument order."""
+    """attn_prefill_kernel's PTX (`plugins.attention.aot`: its entry takes exactly the pointers and the
+    int32 scalars TensorRT passes); the scalars as symbolic expressions of the input shapes."""
     b, t, hq, d = q.shape_expr
     s, hkv = k.shape_expr[1], k.shape_expr[2]
     hq_, hkv_, d_ = _constant(hq, "Hq"), _constant(hkv, "Hkv"), _constant(d, "head_dim")
-    name, dot = _TRT_TO_TRITON[q.dtype]
-    cfg = attention_fused.PREFILL_CONFIG
-    consts = {"HQ": hq_, "GROUP": hq_ // hkv_, "HEAD_DIM": d_, "HAS_WINDOW": sliding_window > 0,
-              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOT_DTYPE": dot, "PRECISION": "tf32"}
-    fn = attention_kernels.attn_prefill_kernel
-    types = {"Q": f"*{name}", "K": f"*{name}", "V": f"*{name}", "Sinks": "*fp32", "Out": f"*{name}"}
-    signature = {a: "constexpr" if a in consts else types.get(a, "i32") for a in fn.arg_names}
-    compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts),
-                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
-    q_strides = (t * hq_ * d_, hq_ * d_, d_)
-    kv_strides = (s * hkv_ * d_, hkv_ * d_, d_)
-    scalars = (t, s, q_start, sliding_window, attention_fused.f32_bits(sm_scale),
-               *q_strides, *kv_strides, *kv_strides, *q_strides)
+    kernel = aot.compile_prefill(_TRT_DTYPES[q.dtype], hq_, hkv_, d_, sliding_window > 0)
+    scalars = aot.prefill_scalars(t, s, q_start, sliding_window, sm_scale, hq_, hkv_, d_)
     launch = trtp.KernelLaunchParams()
-    launch.grid_x = trtp.cdiv(t, cfg.block_m)
+    launch.grid_x = trtp.cdiv(t, attention_fused.PREFILL_CONFIG.block_m)
     launch.grid_y = b * hq_
-    launch.block_x = compiled.metadata.num_warps * 32
-    launch.shared_mem = compiled.metadata.shared
+    launch.block_x = kernel.threads
+    launch.shared_mem = kernel.shared
     extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in scalars])
-    return compiled.metadata.name, compiled.asm["ptx"], launch, extra
+    return kernel.name, kernel.ptx, launch, extra
 
 
 # ---- MoE ------------------------------------------------------------------------------------------

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# Triton kernels run on CPU through the interpreter, which is chosen when a kernel is decorated: set it
+# before any test module imports plugins (tests that compile for a GPU target do so in a child process).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 from builder.layout import ExpertFormat
 from builder.synth import synth

@@ -1,0 +1,119 @@
+"""The prefill kernel compiled ahead of time for TensorRT's `aot_impl` (plugins.attention.aot), on CPU:
+Triton compiles for sm_90 and sm_100 without a GPU, and its bundled ptxas assembles the result.
+
+TensorRT launches the PTX entry with exactly (input pointers, `extra_args` int32 scalars, output
+pointers). Checked here: the entry declares that many parameters of those kinds in that order (Triton's
+hidden scratch parameters are gone), the trimmed PTX still assembles, the scalars are the ones the JIT
+launcher passes, and the trimming refuses what it cannot do safely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from plugins.attention import aot, fused  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Compiled in a child process: the kernel tests of this session run Triton's interpreter, under which
+# @triton.jit functions cannot be compiled.
+_COMPILE = """
+import json, sys, tempfile, subprocess
+from triton.backends.nvidia.compiler import get_ptxas
+from plugins.attention import aot
+out = []
+for arch, dtype, window in ((90, "bf16", True), (100, "fp16", False)):
+    k = aot.compile_prefill(dtype, 64, 8, 64, window, target=("cuda", arch))
+    with tempfile.TemporaryDirectory() as d:
+        open(f"{d}/k.ptx", "w").write(k.ptx)
+        r = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}a", f"{d}/k.ptx", "-o", f"{d}/k.cubin"],
+                           capture_output=True, text=True)
+    out.append({"arch": arch, "name": k.name, "params": aot.entry_params(k.ptx, k.name), "declared": k.params,
+                "threads": k.threads, "shared": k.shared, "ptxas_rc": r.returncode, "ptxas_err": r.stderr})
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled() -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def test_entry_takes_exactly_what_tensorrt_passes(compiled):
+    n_in, n_out = len(aot.PREFILL_INPUTS), len(aot.PREFILL_OUTPUTS)
+    n_scalars = aot.prefill_params() - n_in - n_out
+    assert n_scalars == 17
+    for k in compiled:
+        params = k["params"]
+        assert len(params) == k["declared"] == aot.prefill_params(), (k["arch"], params)
+        kinds = [".u64" if ".u64" in p else ".u32" if ".u32" in p else p for p in params]
+        assert kinds == [".u64"] * n_in + [".u32"] * n_scalars + [".u64"] * n_out, (k["arch"], params)
+        assert k["threads"] == fused.PREFILL_CONFIG.num_warps * 32
+        assert 0 < k["shared"] <= 48 * 1024  # no opt-in for more than 48 KiB needed at launch
+
+
+def test_trimmed_ptx_assembles(compiled):
+    for k in compiled:
+        assert k["ptxas_rc"] == 0, (k["arch"], k["ptxas_err"])
+
+
+@pytest.mark.parametrize("window,q_start", [(0, 0), (128, 7)])
+def test_scalars_match_the_jit_launcher(window, q_start):
+    b, t, s, hq, hkv, d = 2, 5, 12, 8, 2, 16
+    q, out = torch.empty(b, t, hq, d), torch.empty(b, t, hq, d)
+    k, v = torch.empty(b, s, hkv, d), torch.empty(b, s, hkv, d)
+    jit = (t, s, q_start, window, fused.f32_bits(0.125), *fused._strides(q, k, v, out))
+    assert aot.prefill_scalars(t, s, q_start, window, 0.125, hq, hkv, d) == jit
+
+
+PTX = """.visible .entry kern(
+\t.param .u64 .ptr .global .align 1 kern_param_0,
+\t.param .u32 kern_param_1,
+\t.param .u64 .ptr .global .align 1 kern_param_2,
+\t.param .u64 .ptr .global .align 1 kern_param_3
+)
+{
+\tld.param.u64 %rd1, [kern_param_0];
+\tld.param.u32 %r1, [kern_param_1];
+\tLAST
+}
+"""
+
+
+def test_drop_trailing_params():
+    ptx = PTX.replace("LAST", "ret;")
+    trimmed = aot.drop_trailing_params(ptx, "kern", 2)
+    assert [p.split()[-1] for p in aot.entry_params(trimmed, "kern")] == ["kern_param_0", "kern_param_1"]
+    assert trimmed.endswith(ptx[ptx.index(")"):])
+    assert aot.drop_trailing_params(ptx, "kern", 4).count("kern_param_3") == 1
+
+
+def test_drop_trailing_params_refuses():
+    used = PTX.replace("LAST", "ld.param.u64 %rd2, [kern_param_3];")
+    with pytest.raises(ValueError, match="kern_param_3 after the launcher's 3 is used"):
+        aot.drop_trailing_params(used, "kern", 3)
+    with pytest.raises(ValueError, match="has 4 parameters, the launcher passes 5"):
+        aot.drop_trailing_params(PTX, "kern", 5)
+    with pytest.raises(ValueError, match="no .entry other"):
+        aot.drop_trailing_params(PTX, "other", 1)
+
+
+def test_compile_refuses_bad_requests():
+    with pytest.raises(ValueError, match="dtype 'fp32' is not supported"):
+        aot.compile_prefill("fp32", 64, 8, 64, True, target=("cuda", 90))
+    with pytest.raises(ValueError, match="6 query heads are not a multiple of 4"):
+        aot.compile_prefill("bf16", 6, 4, 64, True, target=("cuda", 90))
