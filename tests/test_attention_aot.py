@@ -27,15 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # Compiled in a child process: the kernel tests of this session run Triton's interpreter, under which
 # @triton.jit functions cannot be compiled.
 _COMPILE = """
-import json, sys, tempfile, subprocess
-from triton.backends.nvidia.compiler import get_ptxas
+import json, os, sys, tempfile, subprocess
 from plugins.attention import aot
+def ptxas(arch):  # the ptxas Triton itself compiles with for this arch
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(arch).path
+    except ImportError:
+        import triton.backends.nvidia as nv
+        return os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
 out = []
 for arch, dtype, window in ((90, "bf16", True), (100, "fp16", False)):
     k = aot.compile_prefill(dtype, 64, 8, 64, window, target=("cuda", arch))
     with tempfile.TemporaryDirectory() as d:
         open(f"{d}/k.ptx", "w").write(k.ptx)
-        r = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}a", f"{d}/k.ptx", "-o", f"{d}/k.cubin"],
+        r = subprocess.run([ptxas(arch), f"-arch=sm_{arch}a", f"{d}/k.ptx", "-o", f"{d}/k.cubin"],
                            capture_output=True, text=True)
     out.append({"arch": arch, "name": k.name, "params": aot.entry_params(k.ptx, k.name), "declared": k.params,
                 "threads": k.threads, "shared": k.shared, "ptxas_rc": r.returncode, "ptxas_err": r.stderr})
