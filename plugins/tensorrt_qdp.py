@@ -77,7 +77,9 @@ def attention_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, si
     b, t, hq, d = q.shape_expr
     s, hkv = k.shape_expr[1], k.shape_expr[2]
     hq_, hkv_, d_ = _constant(hq, "Hq"), _constant(hkv, "Hkv"), _constant(d, "head_dim")
-    kernel = aot.compile_prefill(_TRT_DTYPES[q.dtype], hq_, hkv_, d_, sliding_window > 0)
+    major, minor = torch.cuda.get_device_capability()
+    kernel = aot.compile_prefill(_TRT_DTYPES[q.dtype], hq_, hkv_, d_, sliding_window > 0,
+                                 ptx_version=aot.driver_ptx_version(10 * major + minor))
     scalars = aot.prefill_scalars(t, s, q_start, sliding_window, sm_scale, hq_, hkv_, d_)
     launch = trtp.KernelLaunchParams()
     launch.grid_x = trtp.cdiv(t, attention_fused.PREFILL_CONFIG.block_m)

@@ -37,14 +37,15 @@ def ptxas(arch):  # the ptxas Triton itself compiles with for this arch
         import triton.backends.nvidia as nv
         return os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
 out = []
-for arch, dtype, window in ((90, "bf16", True), (100, "fp16", False)):
-    k = aot.compile_prefill(dtype, 64, 8, 64, window, target=("cuda", arch))
+for arch, dtype, window, ptx in ((90, "bf16", True, None), (100, "fp16", False, None), (90, "bf16", False, 87)):
+    k = aot.compile_prefill(dtype, 64, 8, 64, window, target=("cuda", arch), ptx_version=ptx)
     with tempfile.TemporaryDirectory() as d:
         open(f"{d}/k.ptx", "w").write(k.ptx)
         r = subprocess.run([ptxas(arch), f"-arch=sm_{arch}a", f"{d}/k.ptx", "-o", f"{d}/k.cubin"],
                            capture_output=True, text=True)
     out.append({"arch": arch, "name": k.name, "params": aot.entry_params(k.ptx, k.name), "declared": k.params,
-                "threads": k.threads, "shared": k.shared, "ptxas_rc": r.returncode, "ptxas_err": r.stderr})
+                "threads": k.threads, "shared": k.shared, "ptx": ptx,
+                "version": next(l for l in k.ptx.splitlines() if l.startswith(".version")), "ptxas_rc": r.returncode, "ptxas_err": r.stderr})
 json.dump(out, sys.stdout)
 """
 
@@ -75,6 +76,22 @@ def test_entry_takes_exactly_what_tensorrt_passes(compiled):
 def test_trimmed_ptx_assembles(compiled):
     for k in compiled:
         assert k["ptxas_rc"] == 0, (k["arch"], k["ptxas_err"])
+
+
+def test_ptx_version_is_the_drivers(compiled):
+    """A CUDA 12.8 driver JIT-compiles PTX up to ISA 8.7: asked for it, the kernel says `.version 8.7`."""
+    pinned = [k for k in compiled if k["ptx"] == 87]
+    assert pinned and pinned[0]["version"] == ".version 8.7"
+
+
+@pytest.mark.parametrize("driver,expected", [(12080, 87), (12040, 84), (12060, 85), (13000, 90)])
+def test_ptx_for_driver(driver, expected):
+    assert aot.ptx_for_driver(driver, 90) == expected
+
+
+def test_ptx_for_driver_is_capped_by_tritons_ptxas():
+    """A driver from the far future (CUDA 99.0, PTX 95.0 by the table) gets what Triton's ptxas writes."""
+    assert 90 <= aot.ptx_for_driver(99000, 90) < 100
 
 
 @pytest.mark.parametrize("window,q_start", [(0, 0), (128, 7)])

@@ -9,6 +9,11 @@ them unset, and the driver reads past the argument array it was given. When the 
 scratch buffer (sizes 0) those parameters are dead, and `drop_trailing_params` removes them from the
 PTX entry so that its parameter list is exactly what the launcher passes; a kernel that needs scratch
 is refused.
+
+TensorRT hands the PTX to the driver, which compiles it when the engine loads, so its `.version` must be
+one the node's driver knows: `driver_ptx_version` reads that from NVML, and the QDP module compiles for
+it (Triton would otherwise write the newest version its own ptxas knows, e.g. 9.4 for a CUDA 13.0
+driver that reads up to 9.0).
 """
 
 from __future__ import annotations
@@ -52,11 +57,33 @@ def prefill_params() -> int:
     return len(PREFILL_INPUTS) + len(prefill_scalars(1, 1, 0, 0, 1.0, 1, 1, 1)) + len(PREFILL_OUTPUTS)
 
 
+def ptx_for_driver(cuda_driver_version: int, arch: int) -> int:
+    """The PTX ISA version (87 = 8.7) to write for a driver of NVML's CUDA version (13000 = 13.0): the
+    newest both the driver and Triton's ptxas for `arch` read (Triton's own version table)."""
+    from triton.backends.nvidia import compiler
+    major, minor = cuda_driver_version // 1000, cuda_driver_version % 1000 // 10
+    driver = compiler.ptx_get_version(f"{major}.{minor}")
+    if not hasattr(compiler, "get_ptxas"):  # older Triton: one ptxas, no per-arch choice
+        return driver
+    return min(driver, compiler.ptx_get_version(compiler.get_ptxas(arch).version))
+
+
+def driver_ptx_version(arch: int) -> int:
+    """`ptx_for_driver` for this node's driver (NVML)."""
+    import pynvml
+    pynvml.nvmlInit()
+    try:
+        version = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+    finally:
+        pynvml.nvmlShutdown()
+    return ptx_for_driver(version, arch)
+
+
 def compile_prefill(dtype: str, hq: int, hkv: int, head_dim: int, has_window: bool,
-                    target: tuple[str, int] | None = None) -> AotKernel:
+                    target: tuple[str, int] | None = None, ptx_version: int | None = None) -> AotKernel:
     """attn_prefill_kernel for one (dtype, heads, head_dim, window?) with `fused.PREFILL_CONFIG`, as PTX
     whose entry takes exactly `prefill_params()` parameters. target: ("cuda", 90) etc.; None: the GPU
-    of this process."""
+    of this process. ptx_version: e.g. 87 for `.version 8.7`; None: Triton's default."""
     if dtype not in DTYPES:
         raise ValueError(f"trtkit::attention AOT: dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
     if hq % hkv:
@@ -72,7 +99,8 @@ def compile_prefill(dtype: str, hq: int, hkv: int, head_dim: int, has_window: bo
         from triton.backends.compiler import GPUTarget
         gpu = GPUTarget(target[0], target[1], 32)
     compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts),
-                              target=gpu, options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                              target=gpu, options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                                       "ptx_version": ptx_version})
     meta = compiled.metadata
     needs = {k: getattr(meta, k, 0) for k in SCRATCH if getattr(meta, k, 0)}
     if needs:
