@@ -130,7 +130,8 @@ def random_layer(e: int, h: int, i: int, fmt: str, g: torch.Generator) -> MoeTen
         gu, dn = random_nvfp4(e, h, 2 * i, g, k_major), random_nvfp4(e, i, h, g, k_major)
     b1 = torch.randn(e, 2 * i, device=DEV, generator=g).to(torch.bfloat16)
     b2 = torch.randn(e, h, device=DEV, generator=g).to(torch.bfloat16)
-    return MoeTensors(gu, b1, dn, b2)
+    t = MoeTensors(gu, b1, dn, b2)
+    return t.k_major() if fmt in ("nvfp4", "mxfp4") else t  # 16-byte aligned rows, as served
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

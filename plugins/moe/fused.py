@@ -112,6 +112,15 @@ def _weight_args(p: ProjectionTensors) -> tuple:
     return (w, s, gs, w.stride(0), w.stride(1), w.stride(2), s.stride(0), s.stride(1), s.stride(2))
 
 
+def _vector(*sizes: int) -> int:
+    """The widest load (bytes, a power of two <= 16) that divides every size: the FP4 loads test their K
+    bound in such units, so every load of a K step is one width (see `_load_weight`)."""
+    v = 16
+    while v > 1 and any(n % v for n in sizes):
+        v //= 2
+    return v
+
+
 def _split_k(cfg: MoeConfig, programs: int, k: int, device: torch.device) -> tuple[int, int]:
     """(splits, input rows per split), rows a multiple of block_k."""
     splits = cfg.split_k
@@ -131,6 +140,7 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
     interpret = a.device.type != "cuda"
     dot = tl.float32 if interpret else _TL_DTYPE[dtype]
     splits = triton.cdiv(proj.in_features, k_split)
+    k = proj.in_features
     grid = (block_expert.numel(), triton.cdiv(n_out, cfg.block_n), splits)
     K._expert_gemm_kernel[grid](
         a, w, s, gs, bias, out, sorted_ids, block_expert, total,
@@ -140,6 +150,7 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         W_DTYPE=_TL_DTYPE[dtype], DOT_DTYPE=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
         ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale, SWAP_AB=cfg.swap_ab,
+        W_VEC=_vector(k // 2, cfg.block_k // 2), S_VEC=_vector(k // group, cfg.block_k // group),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 

@@ -29,6 +29,23 @@ class WeightFormat(str, Enum):
     NVFP4 = "nvfp4"
 
 
+ROW_ALIGN = 16  # bytes: rows of the FP4 codes and block scales start on this boundary (`aligned_rows`)
+
+
+def aligned_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [..., L] as a view whose last axis is contiguous and whose rows start every multiple of
+    ROW_ALIGN bytes (zero padding past L); x itself when it already is (and starts aligned)."""
+    n = x.shape[-1]
+    per_row = ROW_ALIGN // x.element_size()
+    aligned = (x.stride(-1) == 1 and all(st % per_row == 0 for st in x.stride()[:-1])
+               and x.data_ptr() % ROW_ALIGN == 0)
+    if aligned:
+        return x
+    buf = x.new_zeros(*x.shape[:-1], -(-n // per_row) * per_row)
+    buf[..., :n] = x
+    return buf[..., :n]
+
+
 @dataclass(frozen=True)
 class ProjectionTensors:
     """One projection of all experts (gate_up: H -> 2I interleaved, or down: I -> H)."""
@@ -68,13 +85,15 @@ class ProjectionTensors:
         return sum(t.numel() * t.element_size() for t in (self.weight, self.scale) if t is not None)
 
     def k_major(self) -> ProjectionTensors:
-        """The same logical tensors stored input-fastest (a one-time copy). The kernels accept any
-        strides; with K-major storage each thread's bytes are adjacent along the input axis, the
-        layout the tensor-core operand wants, so decode runs faster. MXFP4 and BF16 are returned as is
-        (MXFP4 blocks are K-major already)."""
-        if self.fmt is not WeightFormat.NVFP4 or self.weight.stride(1) == 1:
+        """The same logical tensors stored input-fastest, each output row starting on a 16-byte boundary
+        (a one-time copy; tensors already so stored are kept). The kernels accept any strides; with
+        this storage each thread's bytes are adjacent along the input axis (the layout the tensor-core
+        operand wants) and the weight and scale tiles load in wide vectors that Triton pipelines."""
+        if self.fmt is WeightFormat.BF16:
             return self
-        return ProjectionTensors(self.fmt, self.weight.mT.contiguous().mT, self.scale.mT.contiguous().mT,
+        if self.fmt is WeightFormat.MXFP4:
+            return ProjectionTensors(self.fmt, self.weight, aligned_rows(self.scale))
+        return ProjectionTensors(self.fmt, aligned_rows(self.weight.mT).mT, aligned_rows(self.scale.mT).mT,
                                  self.global_scale)
 
     def to_experts(self) -> ExpertProjection:

@@ -155,11 +155,17 @@ def _block_scale(raw, gs, FMT: tl.constexpr, FACTOR: tl.constexpr):
 
 @triton.jit
 def _load_weight(w_ptr, s_ptr, k0, n, K, N, stride_wk, stride_wn, stride_sk, stride_sn,
-                 FMT: tl.constexpr, GROUP: tl.constexpr, BK: tl.constexpr):
+                 FMT: tl.constexpr, GROUP: tl.constexpr, BK: tl.constexpr, W_VEC: tl.constexpr,
+                 S_VEC: tl.constexpr):
     """The raw bytes of input rows k0..k0+BK-1 of one expert's weight [K, N], transposed: BF16: values
     [BN, BK]; FP4: (packed codes [BN, BK/2] u8, block-scale bytes [BN, BK/GROUP] u8). Any strides; a
     unit input stride (K-major storage) puts each thread's bytes next to each other along K, which is
-    the layout the tensor-core operand wants. Rows past K and columns past N read as zero (no traffic)."""
+    the layout the tensor-core operand wants. Rows past K and columns past N read as zero (no traffic).
+
+    k0 is a multiple of BK and K of W_VEC packed bytes / S_VEC scales (the launcher picks them), so the
+    K bound is tested in whole vectors: with 16-byte aligned rows Triton then loads W_VEC / S_VEC bytes
+    at a time, which it can pipeline with cp.async (a load of 1 byte per thread it issues synchronously
+    in every K step: one memory round trip per step)."""
     nmask = (n < N)[:, None]
     if FMT == FMT_BF16:
         k = k0 + tl.arange(0, BK)
@@ -167,12 +173,12 @@ def _load_weight(w_ptr, s_ptr, k0, n, K, N, stride_wk, stride_wn, stride_sk, str
                         mask=nmask & (k < K)[None, :], other=0.0)
         second = first
     else:
-        packed_rows = k0 // 2 + tl.arange(0, BK // 2)
+        packed_rows = tl.multiple_of(k0 // 2, BK // 2) + tl.arange(0, BK // 2)
         first = tl.load(w_ptr + n[:, None] * stride_wn + packed_rows[None, :] * stride_wk,
-                        mask=nmask & (packed_rows < K // 2)[None, :], other=0)
-        g = k0 // GROUP + tl.arange(0, BK // GROUP)
+                        mask=nmask & (packed_rows // W_VEC < K // 2 // W_VEC)[None, :], other=0)
+        g = tl.multiple_of(k0 // GROUP, BK // GROUP) + tl.arange(0, BK // GROUP)
         second = tl.load(s_ptr + n[:, None] * stride_sn + g[None, :] * stride_sk,
-                         mask=nmask & (g < K // GROUP)[None, :], other=0)
+                         mask=nmask & (g // S_VEC < K // GROUP // S_VEC)[None, :], other=0)
     return first, second
 
 
@@ -230,7 +236,7 @@ def _expert_gemm_kernel(
         GATE_UP: tl.constexpr, TOP_K: tl.constexpr, FMT: tl.constexpr, GROUP: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
-        BF16_SCALE: tl.constexpr, SWAP_AB: tl.constexpr):
+        BF16_SCALE: tl.constexpr, SWAP_AB: tl.constexpr, W_VEC: tl.constexpr, S_VEC: tl.constexpr):
     """One BLOCK_M block of sorted rows times one expert's weight [K, N] (+ bias).
 
     GATE_UP: A rows are tokens (x[flat // TOP_K]); the BLOCK_N interleaved gate/up columns become
@@ -261,7 +267,7 @@ def _expert_gemm_kernel(
         acc_t = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):  # loads pipelined num_stages deep by Triton (cp.async)
         raw0, raw1 = _load_weight(w_base, s_base, k0, n, k_hi, N, stride_wk, stride_wn, stride_sk,
-                                  stride_sn, FMT, GROUP, BLOCK_K)
+                                  stride_sn, FMT, GROUP, BLOCK_K, W_VEC, S_VEC)
         acc_t = _k_step(acc_t, a_base, valid, raw0, raw1, k0, k_hi, gs, FMT, GROUP, BLOCK_M, BLOCK_N,
                         BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM, BF16_SCALE, SWAP_AB)
     if SWAP_AB:
