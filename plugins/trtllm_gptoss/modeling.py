@@ -1,7 +1,9 @@
-"""TensorRT-LLM's gpt-oss with the MoE module replaced by `TrtkitMoE` (NVFP4 on Hopper). Written against
-TensorRT-LLM's PyTorch-backend model API (`register_auto_model`, `modeling_gpt_oss.GptOssForCausalLM`,
-whose MLP block calls `experts(x=..., router_logits=...)` and whose loader hands each module without a
-MoE type its checkpoint tensors through `load_weights([tensors])`)."""
+"""TensorRT-LLM's gpt-oss with the MoE module replaced by `plugins.moe_layer.TrtkitMoE` (NVFP4 on Hopper).
+Written against TensorRT-LLM's PyTorch-backend model API (`register_auto_model`,
+`modeling_gpt_oss.GptOssForCausalLM`, whose MLP block builds its experts through the module-level name
+`create_moe` and calls them as `experts(x=..., router_logits=...)` expecting [N, H] back, and whose loader
+hands a module that is not its own MoE class the checkpoint tensors untouched through
+`load_weights(weights=[tensors])`)."""
 
 from __future__ import annotations
 
@@ -11,49 +13,7 @@ import torch
 from tensorrt_llm._torch.models import modeling_gpt_oss
 from tensorrt_llm._torch.models.modeling_utils import register_auto_model
 
-import plugins.ops  # noqa: F401  (registers torch.ops.trtkit.moe)
-from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
-
-PROJECTIONS = ("gate_up_proj", "down_proj")
-
-
-class TrtkitMoE(torch.nn.Module):
-    """All experts of one layer in the checkpoint's NVFP4 tensors, kept input-fastest on the GPU (the
-    layout the kernel decodes fastest); forward(x [N, H], router_logits [N, E]) -> [N, H]."""
-
-    def __init__(self, num_experts: int, hidden: int, intermediate: int, top_k: int, limit: float,
-                 alpha: float):
-        super().__init__()
-        self.top_k, self.limit, self.alpha = top_k, limit, alpha
-        shapes = {"gate_up_proj": (hidden, 2 * intermediate), "down_proj": (intermediate, hidden)}
-        for name, (n_in, n_out) in shapes.items():  # storage [E, out, in/2]: logical [E, in/2, out] = .mT
-            self._param(name, (num_experts, n_out, n_in // 2), torch.uint8)
-            self._param(f"{name}_weight_scale", (num_experts, n_out, n_in // 16), torch.float8_e4m3fn)
-            self._param(f"{name}_weight_scale_2", (), torch.float32)
-            self._param(f"{name}_bias", (num_experts, n_out), torch.bfloat16)
-
-    def _param(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False))
-
-    def load_weights(self, weights: list[dict]) -> None:
-        """weights[0]: this layer's `mlp.experts.*` tensors, names as in the NVFP4 checkpoint."""
-        w = weights[0]
-        for name in PROJECTIONS:
-            for suffix, k_major in (("", True), ("_weight_scale", True), ("_weight_scale_2", False),
-                                    ("_bias", False)):
-                src = torch.as_tensor(w[name + suffix][:])
-                p = getattr(self, name + suffix)
-                p.data = (src.mT.contiguous() if k_major else src).to(p.dtype).to(p.device)
-
-    def _tensors(self) -> MoeTensors:
-        proj = {n: ProjectionTensors(WeightFormat.NVFP4, getattr(self, n).mT,
-                                     getattr(self, f"{n}_weight_scale").mT, getattr(self, f"{n}_weight_scale_2"))
-                for n in PROJECTIONS}
-        return MoeTensors(proj["gate_up_proj"], self.gate_up_proj_bias, proj["down_proj"], self.down_proj_bias)
-
-    def forward(self, x: torch.Tensor, router_logits: torch.Tensor, **_: object) -> torch.Tensor:
-        args = plugins.ops.moe_op_args(self._tensors())
-        return torch.ops.trtkit.moe(x, router_logits.to(x.dtype), *args, self.top_k, self.limit, self.alpha)
+from plugins.moe_layer import TrtkitMoE
 
 
 def _experts_factory(**moe_params) -> TrtkitMoE:

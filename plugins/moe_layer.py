@@ -1,0 +1,92 @@
+"""`TrtkitMoE`: one gpt-oss MoE layer's NVFP4 experts as a torch module over `trtkit::moe`, loaded from the
+tensors of a Model Optimizer NVFP4 checkpoint (`model.layers.N.mlp.experts.*`, prefix stripped, layouts
+untouched: see the shared reference nvfp4-gptoss-layout.md). The TensorRT-LLM out-of-tree model
+(`plugins.trtllm_gptoss`) builds it in place of TensorRT-LLM's own MoE; it needs no TensorRT-LLM itself,
+so its loading is tested on CPU.
+
+Storage: codes [E, out, in/2] u8 and block scales [E, out, in/16] E4M3, input-fastest with every row
+starting on a 16-byte boundary (`ProjectionTensors.k_major`: the layout the kernel decodes and
+pipelines best); the scale rows are allocated padded and sliced when the kernel is called.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import plugins.ops  # registers torch.ops.trtkit.moe
+from plugins.moe.tensors import ROW_ALIGN, MoeTensors, ProjectionTensors, WeightFormat
+
+PROJECTIONS = ("gate_up_proj", "down_proj")
+ROW_TENSORS = ("", "_weight_scale")                  # [E, in/x, out] in the checkpoint, stored [E, out, in/x]
+SCALAR_TENSORS = ("_weight_scale_2", "_bias")        # kept as they are
+IGNORED = ("_input_scale",)                          # W4A4 activation scales: this MoE is weight-only
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ROW_ALIGN) * ROW_ALIGN
+
+
+def _tensor(value) -> torch.Tensor:
+    """A checkpoint value as a tensor: torch tensors as they are (0-d included), lazy slices read whole."""
+    return value if isinstance(value, torch.Tensor) else value[:]
+
+
+class TrtkitMoE(torch.nn.Module):
+    """All experts of one layer; forward(x [N, H], router_logits [N, E]) -> [N, H] in x's dtype."""
+
+    def __init__(self, num_experts: int, hidden: int, intermediate: int, top_k: int, limit: float,
+                 alpha: float, device: torch.device | str | None = None):
+        super().__init__()
+        self.top_k, self.limit, self.alpha = top_k, limit, alpha
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.in_features = {"gate_up_proj": hidden, "down_proj": intermediate}
+        out = {"gate_up_proj": 2 * intermediate, "down_proj": hidden}
+        for name, n_in in self.in_features.items():
+            self._param(name, (num_experts, out[name], _aligned(n_in // 2)), torch.uint8)
+            self._param(f"{name}_weight_scale", (num_experts, out[name], _aligned(n_in // 16)), torch.float8_e4m3fn)
+            self._param(f"{name}_weight_scale_2", (), torch.float32)
+            self._param(f"{name}_bias", (num_experts, out[name]), torch.bfloat16)
+
+    def _param(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        data = torch.zeros(shape, dtype=torch.uint8 if dtype.itemsize == 1 else dtype, device=self.device)
+        self.register_parameter(name, torch.nn.Parameter(data.view(dtype), requires_grad=False))
+
+    def load_weights(self, weights: list[dict]) -> None:
+        """weights[0]: this layer's `mlp.experts.*` tensors by checkpoint name (TensorRT-LLM's loader hands
+        a module that is not its own MoE class exactly these, untouched)."""
+        w = weights[0]
+        unknown = sorted(set(w) - {p + s for p in PROJECTIONS for s in ROW_TENSORS + SCALAR_TENSORS + IGNORED})
+        if unknown:
+            raise ValueError(f"trtkit MoE: unexpected expert tensors {unknown}; expected the NVFP4 layout "
+                             "(gate_up_proj, gate_up_proj_weight_scale, ..._weight_scale_2, ..._bias, down_proj...)")
+        for name in PROJECTIONS:
+            for suffix in ROW_TENSORS + SCALAR_TENSORS:
+                key, p = name + suffix, getattr(self, name + suffix)
+                if key not in w:
+                    raise ValueError(f"trtkit MoE: checkpoint tensor mlp.experts.{key} is missing")
+                src = _tensor(w[key]).to(self.device)
+                if suffix in ROW_TENSORS:
+                    src = src.mT                                         # [E, out, in/x]
+                    want = (*p.shape[:2], src.shape[-1])
+                    if tuple(src.shape) != want or src.dtype != p.dtype:
+                        raise ValueError(f"trtkit MoE: mlp.experts.{key} is {src.dtype} {tuple(w[key].shape)}; "
+                                         f"expected {p.dtype} with [E, in/x, out] = {(want[0], want[2], want[1])}")
+                    p.data[..., :src.shape[-1]].copy_(src)
+                else:
+                    if tuple(src.shape) != tuple(p.shape):
+                        raise ValueError(f"trtkit MoE: mlp.experts.{key} has shape {tuple(src.shape)}; "
+                                         f"expected {tuple(p.shape)}")
+                    p.data.copy_(src.to(p.dtype))
+
+    def tensors(self) -> MoeTensors:
+        """The layer as the kernels take it (logical [E, in/x, out] views of the row storage)."""
+        proj = {}
+        for name, n_in in self.in_features.items():
+            codes = getattr(self, name)[..., :n_in // 2]
+            scale = getattr(self, f"{name}_weight_scale")[..., :n_in // 16]
+            proj[name] = ProjectionTensors(WeightFormat.NVFP4, codes.mT, scale.mT, getattr(self, f"{name}_weight_scale_2"))
+        return MoeTensors(proj["gate_up_proj"], self.gate_up_proj_bias, proj["down_proj"], self.down_proj_bias)
+
+    def forward(self, x: torch.Tensor, router_logits: torch.Tensor, **_: object) -> torch.Tensor:
+        args = plugins.ops.moe_op_args(self.tensors())
+        return torch.ops.trtkit.moe(x, router_logits.to(x.dtype), *args, self.top_k, self.limit, self.alpha)

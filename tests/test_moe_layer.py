@@ -1,0 +1,75 @@
+"""`plugins.moe_layer.TrtkitMoE` (the MoE module of the TensorRT-LLM out-of-tree gpt-oss) loads a real NVFP4
+checkpoint made by `trtkit convert`, the way TensorRT-LLM's loader hands it the tensors (one dict of the
+layer's `mlp.experts.*` tensors, prefix stripped, untouched: 0-d global scales and input scales
+included), and its forward equals the reference MoE over the checkpoint's own tensors bit for bit (CPU:
+trtkit::moe runs the reference, so storage and slicing are what is checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from plugins.moe.tensors import (
+    ROW_ALIGN,
+    MoeTensors,
+    ProjectionTensors,
+    WeightFormat,
+    reference_moe_from_logits,
+)
+from plugins.moe_layer import TrtkitMoE
+
+PREFIX = "model.layers.{}.mlp.experts."
+
+
+def experts_tensors(folder, layer: int) -> dict[str, torch.Tensor]:
+    prefix = PREFIX.format(layer)
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            out.update({k.removeprefix(prefix): st.get_tensor(k) for k in st.keys() if k.startswith(prefix)})
+    return out
+
+
+def module_for(folder) -> tuple[TrtkitMoE, dict]:
+    cfg = json.loads((folder / "config.json").read_text())
+    m = TrtkitMoE(cfg["num_local_experts"], cfg["hidden_size"], cfg["intermediate_size"],
+                  cfg["num_experts_per_tok"], cfg.get("swiglu_limit", 7.0), 1.702, device="cpu")
+    return m, cfg
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_loads_the_checkpoint_and_matches_the_reference(tiny_nvfp4, layer):
+    w = experts_tensors(tiny_nvfp4, layer)
+    assert w["gate_up_proj_weight_scale_2"].ndim == 0
+    m, cfg = module_for(tiny_nvfp4)
+    scales = {f"{p}_input_scale": torch.tensor(0.5) for p in ("gate_up_proj", "down_proj")}  # as calibrated
+    m.load_weights(weights=[{**w, **scales}])
+    for name in ("gate_up_proj", "down_proj", "gate_up_proj_weight_scale", "down_proj_weight_scale"):
+        p = getattr(m, name)
+        assert p.stride(1) % ROW_ALIGN == 0 and p.data_ptr() % ROW_ALIGN == 0
+
+    def proj(name):
+        return ProjectionTensors(WeightFormat.NVFP4, w[name], w[name + "_weight_scale"],
+                                 w[name + "_weight_scale_2"])
+
+    ref = MoeTensors(proj("gate_up_proj"), w["gate_up_proj_bias"], proj("down_proj"), w["down_proj_bias"])
+    g = torch.Generator().manual_seed(layer)
+    x = torch.randn(7, cfg["hidden_size"], generator=g).to(torch.bfloat16)
+    logits = torch.randn(7, cfg["num_local_experts"], generator=g).to(torch.bfloat16)
+    want = reference_moe_from_logits(x, logits, ref.to_weights(), cfg["num_experts_per_tok"],
+                                     cfg.get("swiglu_limit", 7.0), 1.702)
+    assert torch.equal(m(x=x, router_logits=logits), want)
+
+
+def test_refuses_wrong_tensors(tiny_nvfp4):
+    w = experts_tensors(tiny_nvfp4, 0)
+    m, _ = module_for(tiny_nvfp4)
+    with pytest.raises(ValueError, match=r"mlp.experts.down_proj_bias is missing"):
+        m.load_weights([{k: v for k, v in w.items() if k != "down_proj_bias"}])
+    with pytest.raises(ValueError, match=r"unexpected expert tensors \['gate_up_proj_blocks'\]"):
+        m.load_weights([{**w, "gate_up_proj_blocks": w["gate_up_proj"]}])
+    with pytest.raises(ValueError, match=r"mlp.experts.down_proj is torch.uint8 .*expected torch.uint8 with"):
+        m.load_weights([{**w, "down_proj": w["down_proj"].mT.contiguous()[:, :-1]}])
