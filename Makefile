@@ -9,7 +9,7 @@ MODEL  ?=
 OUT    ?= build/engine
 SRC    ?= build/tiny-src
 
-.PHONY: setup setup-test test build-engine bench bench-gpu lint clean recipes
+.PHONY: setup setup-test test build-engine bench bench-gpu bench-static lint clean recipes
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: setup-test
 # The plugin kernels on one NVIDIA H100/H200 (BENCHMARKS.md, issue 6): a CUDA build of torch + triton.
 bench-gpu: setup-test
 	$(BIN)/python bench/bench_gpu.py --out build/bench_gpu.json
+
+# The MoE GEMMs compiled for sm_90 on this machine (no GPU): K-loop SASS per weight, pipelined loads.
+bench-static: setup-test
+	$(BIN)/python bench/moe_static.py --batch 1 32 128
 
 # Regenerate the checked-in recipe catalog (recipes/catalog/<model>/<gpu>/<isl>k<osl>k_<profile>/).
 recipes: setup
