@@ -20,6 +20,7 @@ sizes are swept briefly first and the fastest is used (printed). Writes a table 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -166,8 +167,12 @@ def check_moe(g: torch.Generator) -> list[dict]:
                                             7.0, 1.702)
             err = rel_err(out, ref)
             case = f"{fmt} N={n} {str(dtype)[6:]}" + (f" bm={cfg.block_m} bf16_scale={cfg.bf16_scale} "
-                                                      f"swap_ab={cfg.swap_ab}" if cfg else "")
-            rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "ok": err <= tol})
+                                                      f"lut={cfg.lut_decode} swap_ab={cfg.swap_ab}" if cfg else "")
+            ok = err <= tol
+            if cfg is not None and cfg.lut_decode and fmt != "bf16":  # same bits as the bf16_scale decode
+                twin = dataclasses.replace(cfg, lut_decode=False, bf16_scale=True)
+                ok = ok and torch.equal(out, moe_fused.fused_moe(x, logits, t, TOP_K, config=twin))
+            rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "ok": ok})
     return rows
 
 
@@ -215,6 +220,8 @@ SWAP_CANDIDATES = [moe_fused.MoeConfig(16, bn, bk, w, st, bf16_scale=b16, swap_a
                        (64, 128, 4, 4, True, 2), (128, 64, 4, 6, True, 2), (64, 128, 4, 4, False, 2),
                        (64, 128, 4, 4, True, 8), (128, 64, 4, 6, True, 8), (64, 128, 4, 5, True, 8),
                        (64, 64, 4, 8, True, 8), (64, 128, 4, 4, True, 16), (64, 256, 4, 4, True, 8))]
+# the byte-lookup decode (same bits as bf16_scale, ~5% fewer K-loop instructions by bench/moe_static.py)
+SWAP_CANDIDATES += [dataclasses.replace(c, lut_decode=True) for c in SWAP_CANDIDATES if c.bf16_scale]
 # timed on every row besides the sweep's picks: 32 rows per expert block (one weight pass per expert
 # where ~16 pairs hit each expert, e.g. gpt-oss-20b at batch 128)
 ROW_EXTRA_CONFIGS = (moe_fused.MoeConfig(32, 64, 128, 4, 4, bf16_scale=True, swap_ab=True, split_fill=8),)
@@ -223,7 +230,9 @@ PREV_CONFIGS = (moe_fused.MoeConfig(16, 32, 256, 4, 4), moe_fused.MoeConfig(16, 
 CHECK_CONFIGS = (None, moe_fused.MoeConfig(16, 64, 128, 4, 4, bf16_scale=True),
                  moe_fused.MoeConfig(16, 64, 128, 4, 4, swap_ab=True),
                  moe_fused.MoeConfig(16, 128, 64, 4, 6, bf16_scale=True, swap_ab=True),
-                 moe_fused.MoeConfig(32, 64, 128, 4, 4, bf16_scale=True, swap_ab=True, split_fill=8))
+                 moe_fused.MoeConfig(32, 64, 128, 4, 4, bf16_scale=True, swap_ab=True, split_fill=8),
+                 moe_fused.MoeConfig(16, 64, 128, 4, 4, swap_ab=True, lut_decode=True),
+                 moe_fused.MoeConfig(32, 64, 128, 4, 4, swap_ab=True, lut_decode=True, split_fill=8))
 QUICK = False  # --quick: sweep PREV_CONFIGS + SWAP_CANDIDATES only
 
 

@@ -45,6 +45,7 @@ class MoeConfig:
     split_k: int | None = None
     asm_decode: bool = True   # PTX nibble decode on CUDA (the interpreter always uses plain Triton)
     bf16_scale: bool = False  # with asm_decode and bf16 activations: scale multiply in bf16x2
+    lut_decode: bool = False  # with asm_decode and bf16 activations: byte-lookup decode (same bits as bf16_scale)
     swap_ab: bool = False     # weight tile as the dot's wide (M) operand, tokens as the narrow one
     split_fill: int = 2       # split_k=None: aim for split_fill programs per SM in the down projection
 
@@ -149,7 +150,7 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
         GATE_UP=gate_up, TOP_K=top_k, FMT=fmt, GROUP=group,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         W_DTYPE=_TL_DTYPE[dtype], DOT_DTYPE=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
-        ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale, SWAP_AB=cfg.swap_ab,
+        ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale, LUT=cfg.lut_decode, SWAP_AB=cfg.swap_ab,
         W_VEC=_vector(k // 2, cfg.block_k // 2), S_VEC=_vector(k // group, cfg.block_k // group),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
