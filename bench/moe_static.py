@@ -13,7 +13,7 @@ Per kernel: registers, shared memory, and in the K loop: instructions, instructi
 plain (synchronous) global loads left in the loop by Triton (each one a memory round trip per K step),
 asynchronous copies (pipelined), shared-memory traffic and barriers (layout shuffles), tensor-core ops.
 
-    python bench/moe_static.py [--batch 1 32 128] [--config auto|decode|wide|prefill] [--json]
+    python bench/moe_static.py [--batch 1 32 128] [--config auto|decode|decode-lut|wide|prefill] [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if "--compile" not in sys.argv:  # the capture runs the routing kernels on CPU; 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -42,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = INTER = 2880   # gpt-oss
 EXPERTS = 4             # the compiled code does not depend on it
 TOP_K = 4
-CONFIGS = {"decode": fused.DECODE_CONFIG, "wide": fused.DECODE_WIDE_CONFIG, "prefill": fused.PREFILL_CONFIG}
+CONFIGS = {"decode": fused.DECODE_CONFIG, "wide": fused.DECODE_WIDE_CONFIG, "prefill": fused.PREFILL_CONFIG,
+           "decode-lut": dataclasses.replace(fused.DECODE_CONFIG, lut_decode=True)}
 CUDA_CONSTEXPRS = {"DOT_DTYPE": "bf16", "PRECISION": "tf32", "ASM": True}  # what `fused._gemm` passes on CUDA
 _PTR = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.uint8: "u8",
         torch.int32: "i32"}
