@@ -124,8 +124,14 @@ def test_split_k_and_small_tiles_match():
     torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("n,e,k", [(1, 4, 1), (7, 8, 2), (64, 32, 4), (256, 16, 4)])
-def test_route_and_sort(n, e, k):
+@pytest.mark.parametrize("n,e,k,one_program", [
+    (1, 4, 1, True), (7, 8, 2, True), (32, 128, 4, True),      # decode batches: one program
+    (1, 4, 1, False), (7, 8, 2, False), (32, 128, 4, False),   # the same through route + align
+    (64, 32, 4, False), (256, 16, 4, False)])
+def test_route_and_sort(n, e, k, one_program, monkeypatch):
+    """Both routing paths (one program up to FUSED_ROUTE_MAX_PAIRS pairs, else route + align)."""
+    monkeypatch.setattr(fused, "FUSED_ROUTE_MAX_PAIRS", fused.FUSED_ROUTE_MAX_PAIRS if one_program else 0)
+    assert (n * k <= fused.FUSED_ROUTE_MAX_PAIRS) == one_program
     g = torch.Generator().manual_seed(n * 100 + e)
     logits = torch.randn(n, e, generator=g)
     block_m = 16

@@ -1,5 +1,6 @@
 """Launchers of the Triton MoE (kernels in `plugins.moe.triton_kernels`): route -> align -> gate_up GEMM with
-fused SwiGLU -> down GEMM -> combine. Six launches (one memset), no host synchronization, so the whole
+fused SwiGLU -> down GEMM -> combine. Four launches up to FUSED_ROUTE_MAX_PAIRS (token, slot) pairs
+(routing and sorting in one program), six above (one memset); no host synchronization, so the whole
 call can be captured in a CUDA graph.
 
 Supported: x [N, H] in bfloat16/float16/float32 on CUDA (or CPU under TRITON_INTERPRET=1); experts in any
@@ -25,6 +26,7 @@ _FMT = {WeightFormat.BF16: (K.FMT_BF16, 32), WeightFormat.MXFP4: (K.FMT_MXFP4, 3
         WeightFormat.NVFP4: (K.FMT_NVFP4, 16)}
 MAX_TOP_K = 8
 _ALIGN_BLOCK = 128    # lanes of the single align program
+FUSED_ROUTE_MAX_PAIRS = 128  # (token, slot) pairs routed and sorted by one program (decode batches)
 # (routing rows, combine rows, combine columns) per program: the interpreter pays per program, not per lane
 _SMALL_BLOCKS = {"cuda": (16, 1, 256), "interpreter": (64, 64, 128)}
 
@@ -157,25 +159,34 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
 
 def route_and_sort(logits: torch.Tensor, top_k: int, block_m: int):
     """logits [N, E] -> (weights f32 [N, k], ids i32 [N, k], (sorted i32 [P], block_expert i32 [B],
-    total i32 [1])). P = B * block_m is an upper bound on the padded length, known without a sync."""
+    total i32 [1])). P = B * block_m is an upper bound on the padded length, known without a sync.
+    Up to FUSED_ROUTE_MAX_PAIRS (token, slot) pairs: one launch; more: a memset and two launches."""
     n, e = logits.shape
     dev, nk = logits.device, n * top_k
     weights = torch.empty(n, top_k, dtype=torch.float32, device=dev)
     ids = torch.empty(n, top_k, dtype=torch.int32, device=dev)
     ranks = torch.empty(n, top_k, dtype=torch.int32, device=dev)
-    counts = torch.zeros(e, dtype=torch.int32, device=dev)
-    rows = _small_blocks(dev)[0]
-    K._route_kernel[(triton.cdiv(n, rows),)](
-        logits, weights, ids, counts, ranks, n, e, logits.stride(0), TOP_K=top_k,
-        K_PAD=triton.next_power_of_2(top_k), E_PAD=triton.next_power_of_2(e), BLOCK_N=rows)
     max_blocks = triton.cdiv(nk, block_m) + min(e, nk)
     offsets = torch.empty(e, dtype=torch.int32, device=dev)
     sorted_ids = torch.empty(max_blocks * block_m, dtype=torch.int32, device=dev)
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     total = torch.empty(1, dtype=torch.int32, device=dev)
-    K._align_kernel[(1,)](ids, ranks, counts, offsets, sorted_ids, block_expert, total, nk, e,
-                          sorted_ids.numel(), max_blocks, BLOCK_M=block_m,
-                          E_PAD=triton.next_power_of_2(e), BLOCK=_ALIGN_BLOCK)
+    k_pad, e_pad = triton.next_power_of_2(top_k), triton.next_power_of_2(e)
+    layout = (offsets, sorted_ids, block_expert, total)
+    if nk <= FUSED_ROUTE_MAX_PAIRS:
+        counts = torch.empty(e, dtype=torch.int32, device=dev)
+        K._route_align_kernel[(1,)](
+            logits, weights, ids, counts, ranks, *layout, n, e, logits.stride(0), sorted_ids.numel(),
+            max_blocks, TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad, N_PAD=triton.next_power_of_2(n),
+            BLOCK_M=block_m, BLOCK=_ALIGN_BLOCK)
+    else:
+        counts = torch.zeros(e, dtype=torch.int32, device=dev)
+        rows = _small_blocks(dev)[0]
+        K._route_kernel[(triton.cdiv(n, rows),)](
+            logits, weights, ids, counts, ranks, n, e, logits.stride(0), TOP_K=top_k, K_PAD=k_pad,
+            E_PAD=e_pad, BLOCK_N=rows)
+        K._align_kernel[(1,)](ids, ranks, counts, *layout, nk, e, sorted_ids.numel(), max_blocks,
+                              BLOCK_M=block_m, E_PAD=e_pad, BLOCK=_ALIGN_BLOCK)
     return weights, ids, (sorted_ids, block_expert, total)
 
 

@@ -28,27 +28,35 @@ FMT_NVFP4: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
+def _top_k_softmax(logits_ptr, rows, N, E, stride_l, TOP_K: tl.constexpr, K_PAD: tl.constexpr,
+                   E_PAD: tl.constexpr):
+    """Rows of router logits -> (softmax over each row's top k [R, K_PAD] f32, their experts [R, K_PAD]
+    i32, lowest index first on ties); slots >= TOP_K give weight 0."""
+    cols = tl.arange(0, E_PAD)                                           # [E_PAD]
+    slots = tl.arange(0, K_PAD)                                          # [K_PAD]
+    logits = tl.load(logits_ptr + rows[:, None] * stride_l + cols[None, :],
+                     mask=(rows < N)[:, None] & (cols < E)[None, :], other=0.0).to(tl.float32)
+    logits = tl.where((cols < E)[None, :], logits, float("-inf"))       # rows past N stay finite
+    top = tl.full((rows.shape[0], K_PAD), float("-inf"), tl.float32)
+    chosen = tl.zeros((rows.shape[0], K_PAD), tl.int32)
+    for j in tl.static_range(TOP_K):
+        best = tl.max(logits, axis=1)                                    # [R]
+        idx = tl.argmax(logits, axis=1)                                  # [R], lowest index on ties
+        top = tl.where(slots[None, :] == j, best[:, None], top)
+        chosen = tl.where(slots[None, :] == j, idx[:, None], chosen)
+        logits = tl.where(cols[None, :] == idx[:, None], float("-inf"), logits)
+    p = tl.exp(top - tl.max(top, axis=1)[:, None])
+    return p / tl.sum(p, axis=1)[:, None], chosen
+
+
+@triton.jit
 def _route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, ranks_ptr, N, E, stride_l,
                   TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
     """Top-k of each logits row, softmax over those k, and each pair's rank among its expert's pairs."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)           # [BN]
-    cols = tl.arange(0, E_PAD)                                           # [E_PAD]
-    slots = tl.arange(0, K_PAD)                                          # [K_PAD]
-    rmask = rows < N
-    logits = tl.load(logits_ptr + rows[:, None] * stride_l + cols[None, :],
-                     mask=rmask[:, None] & (cols < E)[None, :], other=0.0).to(tl.float32)
-    logits = tl.where((cols < E)[None, :], logits, float("-inf"))       # rows past N stay finite
-    top = tl.full((BLOCK_N, K_PAD), float("-inf"), tl.float32)
-    chosen = tl.zeros((BLOCK_N, K_PAD), tl.int32)
-    for j in tl.static_range(TOP_K):
-        best = tl.max(logits, axis=1)                                    # [BN]
-        idx = tl.argmax(logits, axis=1)                                  # [BN], lowest index on ties
-        top = tl.where(slots[None, :] == j, best[:, None], top)
-        chosen = tl.where(slots[None, :] == j, idx[:, None], chosen)
-        logits = tl.where(cols[None, :] == idx[:, None], float("-inf"), logits)
-    p = tl.exp(top - tl.max(top, axis=1)[:, None])                       # slots >= TOP_K give 0
-    p = p / tl.sum(p, axis=1)[:, None]
-    kmask = rmask[:, None] & (slots < TOP_K)[None, :]
+    slots = tl.arange(0, K_PAD)
+    p, chosen = _top_k_softmax(logits_ptr, rows, N, E, stride_l, TOP_K, K_PAD, E_PAD)
+    kmask = (rows < N)[:, None] & (slots < TOP_K)[None, :]
     flat = rows[:, None] * TOP_K + slots[None, :]                        # [BN, K_PAD]
     tl.store(weights_ptr + flat, p, mask=kmask)
     tl.store(ids_ptr + flat, chosen, mask=kmask)
@@ -57,10 +65,9 @@ def _route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, ranks_ptr, N, E,
 
 
 @triton.jit
-def _align_kernel(ids_ptr, ranks_ptr, counts_ptr, offsets_ptr, sorted_ptr, block_expert_ptr, total_ptr,
-                  NK, E, MAX_PADDED, MAX_BLOCKS,
-                  BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: padded expert offsets, the expert of every BLOCK_M block, and the sorted flat ids."""
+def _align(ids_ptr, ranks_ptr, counts_ptr, offsets_ptr, sorted_ptr, block_expert_ptr, total_ptr,
+           NK, E, MAX_PADDED, MAX_BLOCKS, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Within one program: padded expert offsets, the expert of every BLOCK_M block, the sorted flat ids."""
     experts = tl.arange(0, E_PAD)
     counts = tl.load(counts_ptr + experts, mask=experts < E, other=0)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
@@ -84,6 +91,43 @@ def _align_kernel(ids_ptr, ranks_ptr, counts_ptr, offsets_ptr, sorted_ptr, block
         expert = tl.load(ids_ptr + j, mask=m, other=0)
         pos = tl.load(offsets_ptr + expert, mask=m, other=0) + tl.load(ranks_ptr + j, mask=m, other=0)
         tl.store(sorted_ptr + pos, j, mask=m)
+
+
+@triton.jit
+def _align_kernel(ids_ptr, ranks_ptr, counts_ptr, offsets_ptr, sorted_ptr, block_expert_ptr, total_ptr,
+                  NK, E, MAX_PADDED, MAX_BLOCKS,
+                  BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: `_align` after `_route_kernel`'s programs have counted every pair."""
+    _align(ids_ptr, ranks_ptr, counts_ptr, offsets_ptr, sorted_ptr, block_expert_ptr, total_ptr, NK, E,
+           MAX_PADDED, MAX_BLOCKS, BLOCK_M, E_PAD, BLOCK)
+
+
+@triton.jit
+def _route_align_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, ranks_ptr, offsets_ptr, sorted_ptr,
+                        block_expert_ptr, total_ptr, N, E, stride_l, MAX_PADDED, MAX_BLOCKS,
+                        TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, N_PAD: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK: tl.constexpr):
+    """Few tokens (decode): routing and sorting in one program, one launch instead of a memset and two.
+    Counts and ranks come from comparing every (token, slot) pair with every other (no atomics), so a
+    pair's rank is its order among its expert's pairs."""
+    rows = tl.arange(0, N_PAD)
+    slots = tl.arange(0, K_PAD)
+    p, chosen = _top_k_softmax(logits_ptr, rows, N, E, stride_l, TOP_K, K_PAD, E_PAD)
+    kmask = (rows < N)[:, None] & (slots < TOP_K)[None, :]
+    flat = rows[:, None] * TOP_K + slots[None, :]                        # [N_PAD, K_PAD]
+    tl.store(weights_ptr + flat, p, mask=kmask)
+    tl.store(ids_ptr + flat, chosen, mask=kmask)
+    pair_ids = tl.reshape(chosen, (N_PAD * K_PAD,))                      # [P]
+    pair_flat = tl.reshape(flat, (N_PAD * K_PAD,))
+    pair_ok = tl.reshape(kmask, (N_PAD * K_PAD,))
+    earlier = (pair_ids[None, :] == pair_ids[:, None]) & pair_ok[None, :] & (pair_flat[None, :] < pair_flat[:, None])
+    tl.store(ranks_ptr + pair_flat, tl.sum(earlier.to(tl.int32), axis=1), mask=pair_ok)
+    experts = tl.arange(0, E_PAD)
+    counts = tl.sum(((pair_ids[None, :] == experts[:, None]) & pair_ok[None, :]).to(tl.int32), axis=1)
+    tl.store(counts_ptr + experts, counts, mask=experts < E)
+    tl.debug_barrier()  # ids, ranks and counts are written before `_align` reads them
+    _align(ids_ptr, ranks_ptr, counts_ptr, offsets_ptr, sorted_ptr, block_expert_ptr, total_ptr, N * TOP_K, E,
+           MAX_PADDED, MAX_BLOCKS, BLOCK_M, E_PAD, BLOCK)
 
 
 @triton.jit
