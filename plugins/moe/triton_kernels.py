@@ -28,10 +28,10 @@ FMT_NVFP4: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
-def _top_k_softmax(logits_ptr, rows, N, E, stride_l, TOP_K: tl.constexpr, K_PAD: tl.constexpr,
-                   E_PAD: tl.constexpr):
-    """Rows of router logits -> (softmax over each row's top k [R, K_PAD] f32, their experts [R, K_PAD]
-    i32, lowest index first on ties); slots >= TOP_K give weight 0."""
+def _route_rows(logits_ptr, weights_ptr, ids_ptr, rows, N, E, stride_l, TOP_K: tl.constexpr,
+                K_PAD: tl.constexpr, E_PAD: tl.constexpr):
+    """Rows of router logits: each row's top k experts (lowest index first on ties) and the softmax over
+    their logits, stored at flat = row * TOP_K + slot. Returns (experts [R, K_PAD] i32, flat, valid)."""
     cols = tl.arange(0, E_PAD)                                           # [E_PAD]
     slots = tl.arange(0, K_PAD)                                          # [K_PAD]
     logits = tl.load(logits_ptr + rows[:, None] * stride_l + cols[None, :],
@@ -45,8 +45,12 @@ def _top_k_softmax(logits_ptr, rows, N, E, stride_l, TOP_K: tl.constexpr, K_PAD:
         top = tl.where(slots[None, :] == j, best[:, None], top)
         chosen = tl.where(slots[None, :] == j, idx[:, None], chosen)
         logits = tl.where(cols[None, :] == idx[:, None], float("-inf"), logits)
-    p = tl.exp(top - tl.max(top, axis=1)[:, None])
-    return p / tl.sum(p, axis=1)[:, None], chosen
+    p = tl.exp(top - tl.max(top, axis=1)[:, None])                       # slots >= TOP_K give 0
+    kmask = (rows < N)[:, None] & (slots < TOP_K)[None, :]
+    flat = rows[:, None] * TOP_K + slots[None, :]                        # [R, K_PAD]
+    tl.store(weights_ptr + flat, p / tl.sum(p, axis=1)[:, None], mask=kmask)
+    tl.store(ids_ptr + flat, chosen, mask=kmask)
+    return chosen, flat, kmask
 
 
 @triton.jit
@@ -54,12 +58,8 @@ def _route_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, ranks_ptr, N, E,
                   TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
     """Top-k of each logits row, softmax over those k, and each pair's rank among its expert's pairs."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)           # [BN]
-    slots = tl.arange(0, K_PAD)
-    p, chosen = _top_k_softmax(logits_ptr, rows, N, E, stride_l, TOP_K, K_PAD, E_PAD)
-    kmask = (rows < N)[:, None] & (slots < TOP_K)[None, :]
-    flat = rows[:, None] * TOP_K + slots[None, :]                        # [BN, K_PAD]
-    tl.store(weights_ptr + flat, p, mask=kmask)
-    tl.store(ids_ptr + flat, chosen, mask=kmask)
+    chosen, flat, kmask = _route_rows(logits_ptr, weights_ptr, ids_ptr, rows, N, E, stride_l, TOP_K, K_PAD,
+                                      E_PAD)
     rank = tl.atomic_add(counts_ptr + chosen, 1, mask=kmask)
     tl.store(ranks_ptr + flat, rank, mask=kmask)
 
@@ -110,13 +110,8 @@ def _route_align_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, ranks_ptr,
     """Few tokens (decode): routing and sorting in one program, one launch instead of a memset and two.
     Counts and ranks come from comparing every (token, slot) pair with every other (no atomics), so a
     pair's rank is its order among its expert's pairs."""
-    rows = tl.arange(0, N_PAD)
-    slots = tl.arange(0, K_PAD)
-    p, chosen = _top_k_softmax(logits_ptr, rows, N, E, stride_l, TOP_K, K_PAD, E_PAD)
-    kmask = (rows < N)[:, None] & (slots < TOP_K)[None, :]
-    flat = rows[:, None] * TOP_K + slots[None, :]                        # [N_PAD, K_PAD]
-    tl.store(weights_ptr + flat, p, mask=kmask)
-    tl.store(ids_ptr + flat, chosen, mask=kmask)
+    chosen, flat, kmask = _route_rows(logits_ptr, weights_ptr, ids_ptr, tl.arange(0, N_PAD), N, E, stride_l,
+                                      TOP_K, K_PAD, E_PAD)
     pair_ids = tl.reshape(chosen, (N_PAD * K_PAD,))                      # [P]
     pair_flat = tl.reshape(flat, (N_PAD * K_PAD,))
     pair_ok = tl.reshape(kmask, (N_PAD * K_PAD,))
