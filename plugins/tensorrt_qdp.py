@@ -17,7 +17,8 @@ attention: q [B, T, Hq, D], k/v [B, S, Hkv, D] (BF16 or FP16, dense), sinks [Hq]
     A just-in-time implementation (the Triton launcher on TensorRT's stream) serves the same op.
 moe: x [N, H] BF16, router logits [N, E] BF16, then per projection (gate_up, down) the packed FP4 codes
     [E, out, in/2] UINT8 (input-fastest, the layout the kernel decodes fastest; MXFP4 blocks flattened),
-    block scales [E, out, in/group] UINT8 (E4M3 bytes for NVFP4, E8M0 for MXFP4), global scale [1]
+    block scales [E, out, S >= in/group] UINT8 (E4M3 bytes for NVFP4, E8M0 for MXFP4; pad rows to a
+    multiple of 16 bytes, e.g. 192 for gpt-oss's 180, so the kernel pipelines them), global scale [1]
     FP32 (NVFP4; ignored for MXFP4) and bias [E, out] BF16 -> [N, H] BF16. Attributes weight_format
     ("nvfp4" | "mxfp4"), top_k, swiglu_limit, swiglu_alpha. Just-in-time implementation only: the MoE
     is five kernels with scratch buffers (route, align, two grouped GEMMs, combine), and an AOT plugin
@@ -108,8 +109,14 @@ def moe_autotune(x, logits, gate_up, gate_up_scale, gate_up_global, gate_up_bias
 
 def _projection(fmt: WeightFormat, packed: torch.Tensor, scale: torch.Tensor,
                 global_scale: torch.Tensor) -> ProjectionTensors:
-    """The plugin's K-major [E, out, in/2] bytes as the logical tensors plugins.moe takes (no copy)."""
+    """The plugin's K-major [E, out, in/2] bytes as the logical tensors plugins.moe takes (no copy); the
+    scale rows may be padded past in/group (a multiple of 16 bytes loads pipelined: BENCHMARKS.md)."""
     e, out, half = packed.shape
+    group = 32 if fmt is WeightFormat.MXFP4 else 16
+    if scale.shape[-1] < 2 * half // group:
+        raise ValueError(f"trtkit::moe: block scales {tuple(scale.shape)} have fewer than in/{group} = "
+                         f"{2 * half // group} bytes a row")
+    scale = scale[..., :2 * half // group]
     if fmt is WeightFormat.MXFP4:
         return ProjectionTensors(fmt, packed.view(e, out, half // 16, 16), scale)
     return ProjectionTensors(fmt, packed.mT, scale.view(torch.float8_e4m3fn).mT, global_scale.reshape(()))
