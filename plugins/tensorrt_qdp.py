@@ -21,8 +21,8 @@ moe: x [N, H] BF16, router logits [N, E] BF16, then per projection (gate_up, dow
     multiple of 16 bytes, e.g. 192 for gpt-oss's 180, so the kernel pipelines them), global scale [1]
     FP32 (NVFP4; ignored for MXFP4) and bias [E, out] BF16 -> [N, H] BF16. Attributes weight_format
     ("nvfp4" | "mxfp4"), top_k, swiglu_limit, swiglu_alpha. Just-in-time implementation only: the MoE
-    is five kernels with scratch buffers (route, align, two grouped GEMMs, combine), and an AOT plugin
-    launches exactly one kernel without workspace.
+    is four or five kernels with scratch buffers (routing and sorting, two grouped GEMMs, combine), and
+    an AOT plugin launches exactly one kernel without workspace.
 """
 
 # No `from __future__ import annotations`: tensorrt.plugin reads the annotations (TensorDesc = input).
