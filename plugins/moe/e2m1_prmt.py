@@ -7,7 +7,8 @@ one `prmt` each (4 codes a `prmt`), the sign bit is spread to a byte mask by `pr
 mode and OR-ed into the high bytes, one `prmt` pairs the bytes into bf16 halves, one `mul.rn.bf16x2`
 applies the scale: 19 instructions for 8 weights, against 30 for shifting each nibble into place and
 fixing its exponent with a multiply. The product is the exact E2M1 value times the bf16 block scale,
-rounded once: bit-identical to the `bf16_scale` decode.
+rounded once: bit-identical to the `bf16_scale` decode for block scales of at least 2**-126 (below, the
+bf16 scale itself is subnormal; no real checkpoint has such blocks).
 
 The program is data (`PROGRAM`): `ptx()` writes it as PTX and the CPU tests execute the same table with
 the PTX ISA's definitions of the five instructions, so what is tested is what is emitted.

@@ -142,12 +142,12 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
     n_out = proj.out_features
     interpret = a.device.type != "cuda"
     dot = tl.float32 if interpret else _TL_DTYPE[dtype]
-    splits = triton.cdiv(proj.in_features, k_split)
     k = proj.in_features
+    splits = triton.cdiv(k, k_split)
     grid = (block_expert.numel(), triton.cdiv(n_out, cfg.block_n), splits)
     K._expert_gemm_kernel[grid](
         a, w, s, gs, bias, out, sorted_ids, block_expert, total,
-        nk, proj.in_features, n_out, k_split, a.stride(0), swe, swk, swn, sse, ssk, ssn,
+        nk, k, n_out, k_split, a.stride(0), swe, swk, swn, sse, ssk, ssn,
         bias.stride(0), out.stride(-2), out.stride(0) if splits > 1 else 0, limit, alpha,
         GATE_UP=gate_up, TOP_K=top_k, FMT=fmt, GROUP=group,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
