@@ -276,6 +276,28 @@ def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float
             "speedup_vs_baseline": round(base / eager, 1), "config": str(cfg)}
 
 
+def kernel_breakdown(layers: list[MoeTensors], n: int, cfg, g: torch.Generator, calls: int = 10) -> dict:
+    """GPU time per layer of each kernel of fused_moe (torch.profiler over eager calls), in us: where a
+    decode step's time goes (routing, the two GEMMs, combine, memsets)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(n, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
+    logits = [torch.randn(n, layers[0].gate_up.num_experts, device=DEV, generator=g) for _ in layers]
+    _run_layers(x, logits, layers, cfg)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            _run_layers(x, logits, layers, cfg)
+        torch.cuda.synchronize()
+    per_layer = calls * len(layers)
+    out = {}
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if us > 0:
+            out[ev.key] = round(us / per_layer, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def bench_moe(copy_gb_s: float, g: torch.Generator) -> dict:
     results = {"rows": []}
     cfgs: list = []
@@ -284,6 +306,11 @@ def bench_moe(copy_gb_s: float, g: torch.Generator) -> dict:
         layers = [random_layer(e, HIDDEN, INTER, "nvfp4", g) for _ in range(n_layers)]
         if not cfgs:  # swept once, on the 120b layers: one small and one larger decode batch
             cfgs = list(dict.fromkeys([moe_sweep(layers, 1, g), moe_sweep(layers, 32, g)]))
+            try:  # diagnostics only: a profiler problem must not cost the run
+                results["kernel_us_per_layer"] = {n: kernel_breakdown(layers, n, cfgs[0], g) for n in (1, 32)}
+            except Exception as exc:  # noqa: BLE001
+                results["kernel_us_per_layer"] = f"profiler failed: {exc!r}"
+            print(f"  moe kernels (us per layer, {shape}) {results['kernel_us_per_layer']}", flush=True)
         for n in (1, 8, 32, 128):
             row = moe_row(shape, layers, n, cfgs, copy_gb_s, g)
             results["rows"].append(row)
