@@ -461,18 +461,24 @@ def main() -> None:
     r = {"machine": machine(), "ceilings": ceilings()}
     print(f"[bench-gpu] {r['machine']} {r['ceilings']}", flush=True)
     todo = args.only.split(",")
+
+    def save() -> None:  # after every stage: a run cut short by a time limit keeps what it measured
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(r, indent=1))
+
     r["check"] = (check_moe(g) + check_attention(g)) if "check" in todo else []
     if "check-moe" in todo:
         r["check"] = check_moe(g)
     for row in r["check"]:
         print(f"  check {row}", flush=True)
+    save()
     if "moe" in todo:
         r["moe"] = bench_moe(r["ceilings"]["copy_gb_s"], g)
+        save()
     if "attention" in todo:
         r["attention"] = bench_attention(r["ceilings"]["bf16_matmul_tflops"], r["ceilings"]["copy_gb_s"], g)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(r, indent=1))
+        save()
     if all(k in r for k in ("moe", "attention")) and r["check"]:
         print_tables(r)
     elif "moe" in r:
