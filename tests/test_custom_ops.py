@@ -10,31 +10,27 @@ every MoE and attention output agrees to ~1e-6 relative, and two layers add litt
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported: kernels run on CPU
+import pytest
+import torch
+import torch.nn.functional as F
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import plugins.ops as ops  # noqa: E402
-from builder.checkpoint import Checkpoint  # noqa: E402
-from builder.runtime import GptOssRuntime  # noqa: E402
-from builder.runtime.model import KVCache, rms_norm, rope_tables  # noqa: E402
-from builder.runtime.weights import load_embed, load_head, load_layer  # noqa: E402
-from plugins.attention import apply_rope  # noqa: E402
-from plugins.attention import attention as attention_reference  # noqa: E402
-from plugins.formats.mxfp4 import encode_mxfp4  # noqa: E402
-from plugins.formats.nvfp4 import quantize_nvfp4  # noqa: E402
-from plugins.moe import Bf16Experts, ExpertWeights, Mxfp4Experts, Nvfp4Experts, Router  # noqa: E402
-from plugins.moe import moe as moe_reference  # noqa: E402
-from plugins.moe.tensors import MoeTensors  # noqa: E402
+import plugins.ops as ops
+from builder.checkpoint import Checkpoint
+from builder.runtime import GptOssRuntime
+from builder.runtime.model import KVCache, rms_norm, rope_tables
+from builder.runtime.weights import load_embed, load_head, load_layer
+from plugins.attention import apply_rope
+from plugins.attention import attention as attention_reference
+from plugins.formats.mxfp4 import encode_mxfp4
+from plugins.formats.nvfp4 import quantize_nvfp4
+from plugins.moe import Bf16Experts, ExpertWeights, Mxfp4Experts, Nvfp4Experts, Router
+from plugins.moe import moe as moe_reference
+from plugins.moe.tensors import MoeTensors
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_TOL = 1e-4  # Triton path: max |Δlogit| / max |logit|

@@ -110,12 +110,17 @@ def compile_prefill(dtype: str, hq: int, hkv: int, head_dim: int, has_window: bo
     return AotKernel(meta.name, ptx, meta.num_warps * 32, meta.shared, prefill_params())
 
 
-def entry_params(ptx: str, name: str) -> list[str]:
-    """The parameter declarations of kernel `name`'s `.entry`, in order."""
+def _entry(ptx: str, name: str) -> re.Match:
+    """Kernel `name`'s `.entry` header; group 1 is its parameter list."""
     m = re.search(rf"\.entry\s+{re.escape(name)}\s*\((.*?)\)", ptx, re.S)
     if m is None:
         raise ValueError(f"PTX has no .entry {name}")
-    return [p.strip() for p in m.group(1).split(",") if p.strip()]
+    return m
+
+
+def entry_params(ptx: str, name: str) -> list[str]:
+    """The parameter declarations of kernel `name`'s `.entry`, in order."""
+    return [p.strip() for p in _entry(ptx, name).group(1).split(",") if p.strip()]
 
 
 def drop_trailing_params(ptx: str, name: str, keep: int) -> str:
@@ -128,6 +133,6 @@ def drop_trailing_params(ptx: str, name: str, keep: int) -> str:
         ident = p.split()[-1]
         if len(re.findall(rf"\b{re.escape(ident)}\b", ptx)) > 1:
             raise ValueError(f"PTX entry {name}: parameter {ident} after the launcher's {keep} is used")
-    m = re.search(rf"(\.entry\s+{re.escape(name)}\s*\()(.*?)(\))", ptx, re.S)
+    m = _entry(ptx, name)
     body = ",\n".join(f"\t{p}" for p in params[:keep])
-    return ptx[:m.start(2)] + "\n" + body + "\n" + ptx[m.end(2):]
+    return ptx[:m.start(1)] + "\n" + body + "\n" + ptx[m.end(1):]
