@@ -13,7 +13,8 @@ Per kernel: registers, shared memory, and in the K loop: instructions, instructi
 plain (synchronous) global loads left in the loop by Triton (each one a memory round trip per K step),
 asynchronous copies (pipelined), shared-memory traffic and barriers (layout shuffles), tensor-core ops.
 
-    python bench/moe_static.py [--batch 1 32 128] [--config auto|decode|decode-lut|wide|prefill] [--json]
+    python bench/moe_static.py [--batch 1 32 128] [--config auto|decode|decode-lut|wide|prefill] [--spread]
+                               [--json]
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ _PTR = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", to
         torch.int32: "i32"}
 
 
-def nvfp4_layer(seed: int = 0) -> MoeTensors:
-    """A gpt-oss-shaped NVFP4 layer (random codes) in the checkpoint's storage, then `k_major()`."""
+def nvfp4_layer(seed: int = 0, spread: bool = False) -> MoeTensors:
+    """A gpt-oss-shaped NVFP4 layer (random codes) in the checkpoint's storage, then `k_major(spread)`."""
     g = torch.Generator().manual_seed(seed)
 
     def proj(n_in: int, n_out: int) -> ProjectionTensors:
@@ -61,7 +62,7 @@ def nvfp4_layer(seed: int = 0) -> MoeTensors:
 
     zeros = torch.zeros
     return MoeTensors(proj(HIDDEN, 2 * INTER), zeros(EXPERTS, 2 * INTER, dtype=torch.bfloat16),
-                      proj(INTER, HIDDEN), zeros(EXPERTS, HIDDEN, dtype=torch.bfloat16)).k_major()
+                      proj(INTER, HIDDEN), zeros(EXPERTS, HIDDEN, dtype=torch.bfloat16)).k_major(spread)
 
 
 def _describe(value) -> list:
@@ -221,15 +222,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--config", choices=["auto", *sorted(CONFIGS)], default="auto",
                     help="auto: what fused_moe picks on a GPU for gpt-oss-120b (128 experts) at that batch")
+    ap.add_argument("--spread", action="store_true", help="codes stored as k_major(spread=True) stores them")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    layer = nvfp4_layer()
+    layer = nvfp4_layer(spread=args.spread)
     rows = []
     for n in args.batch:
         config = CONFIGS.get(args.config) or fused.default_config(n * TOP_K, 128, torch.device("cuda"))
         name = next(k for k, v in CONFIGS.items() if v == config)
         for launch in capture(layer, n, config):
-            rows.append({"batch": n, "config": name, **summarize(launch, compile_launch(launch))})
+            rows.append({"batch": n, "config": name, "storage": "spread" if args.spread else "nvfp4",
+                         **summarize(launch, compile_launch(launch))})
     if args.json:
         print(json.dumps(rows, indent=1))
         return

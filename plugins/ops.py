@@ -37,7 +37,7 @@ def moe_op(x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor,
            gate_up_bias: torch.Tensor, down: torch.Tensor, down_scale: torch.Tensor | None,
            down_global_scale: torch.Tensor | None, down_bias: torch.Tensor, weight_format: str,
            top_k: int, swiglu_limit: float, swiglu_alpha: float) -> torch.Tensor:
-    """gpt-oss MoE: x [N, H], router_logits [N, E], experts in `weight_format` (bf16|mxfp4|nvfp4, the
+    """gpt-oss MoE: x [N, H], router_logits [N, E], experts in `weight_format` (bf16|mxfp4|nvfp4|nvfp4_spread, the
     layouts of plugins.moe.tensors) -> [N, H] in x's dtype. Reference implementation."""
     t = _moe_tensors(gate_up, gate_up_scale, gate_up_global_scale, gate_up_bias, down, down_scale,
                      down_global_scale, down_bias, weight_format)

@@ -83,6 +83,17 @@ def test_moe_op_on_cpu_is_the_reference(fmt, dtype):
     assert torch.equal(ops.moe(x, router, experts, 2), moe_reference(x, router, experts, 2))
 
 
+def test_moe_op_takes_the_kernels_spread_storage():
+    """weight_format nvfp4_spread (`k_major(spread=True)`, what the CUDA kernel decodes fastest): the CPU
+    implementation undoes the bit order and gives the reference's result exactly."""
+    router, experts = layer("nvfp4")
+    x = torch.randn(9, 64, generator=torch.Generator().manual_seed(1))
+    args = ops.moe_op_args(MoeTensors.from_weights(experts).k_major(spread=True))
+    assert args[-1] == "nvfp4_spread"
+    out = torch.ops.trtkit.moe(x, F.linear(x, router.weight, router.bias), *args, 2, 7.0, 1.702)
+    assert torch.equal(out, moe_reference(x, router, experts, 2))
+
+
 @pytest.mark.parametrize("window", [None, 3, 50])
 def test_attention_op_on_cpu_is_the_reference(window):
     q, k, v, sinks = attention_inputs()

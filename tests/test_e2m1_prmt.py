@@ -1,63 +1,23 @@
 """The byte-lookup E2M1 decode (`plugins.moe.e2m1_prmt`, `MoeConfig.lut_decode`) executed on CPU: its PROGRAM
-table, the one `ptx()` emits, run with the PTX ISA's definitions of and/shl/shr/prmt/lop3/mul.rn.bf16x2,
+table, the one `ptx()` emits, run with the PTX ISA's definitions (`tests/ptx_emulator.py`),
 against the E2M1 values of `plugins.formats` times a bf16 block scale rounded once, bit for bit, for
 every byte value in every position and scales of both signs' magnitudes from tiny to large. The PTX
 itself is assembled by ptxas in tests/test_moe_pipelining.py's compiles (configs with lut_decode)."""
 
 from __future__ import annotations
 
+import ptx_emulator
 import torch
+from ptx_emulator import bf16_bits
 
 from plugins.formats.e2m1 import decode_e2m1
 from plugins.moe import e2m1_prmt
 
-MASK = 0xFFFFFFFF
-
-
-def prmt(a: int, b: int, c: int) -> int:
-    """PTX prmt.b32 (default mode): bytes 0-3 of a, 4-7 of b; c's nibble i picks output byte i, its bit 3
-    fills the byte with the picked byte's sign bit."""
-    pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    out = 0
-    for i in range(4):
-        sel = (c >> (4 * i)) & 0xF
-        byte = pool[sel & 7]
-        if sel & 8:
-            byte = 0xFF if byte & 0x80 else 0x00
-        out |= byte << (8 * i)
-    return out
-
-
-def lop3(a: int, b: int, c: int, lut: int) -> int:
-    out = 0
-    for bit in range(32):
-        idx = (((a >> bit) & 1) << 2) | (((b >> bit) & 1) << 1) | ((c >> bit) & 1)
-        out |= ((lut >> idx) & 1) << bit
-    return out
-
-
-def bf16x2_mul(a: int, b: int) -> int:
-    """mul.rn.bf16x2: lane-wise bf16 products rounded to nearest even."""
-    lanes = torch.tensor([a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16], dtype=torch.int32).to(torch.int16)
-    x = lanes.view(torch.bfloat16)
-    p = (x[:2].float() * x[2:].float()).to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
-    return int(p[0]) | (int(p[1]) << 16)
-
-
-OPS = {"and": lambda a, b: a & b, "shl": lambda a, b: (a << b) & MASK, "shr": lambda a, b: a >> b,
-       "prmt": prmt, "lop3": lop3, "mul": bf16x2_mul}
-
 
 def run(code_word: int, scale01: int, scale23: int) -> list[int]:
     """PROGRAM on one 4-byte word and two bf16x2 scale words -> [$0, $1, $2, $3]."""
-    regs = {"$4": code_word, "$5": scale01, "$6": scale23, **e2m1_prmt.CONSTANTS}
-    for op, dst, *srcs in e2m1_prmt.PROGRAM:
-        regs[dst] = OPS[op](*(regs[s] if isinstance(s, str) else s for s in srcs))
-    return [regs[f"${i}"] for i in range(4)]
-
-
-def bf16_bits(x: torch.Tensor) -> list[int]:
-    return (x.to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF).tolist()
+    return ptx_emulator.run(e2m1_prmt.PROGRAM, {"$4": code_word, "$5": scale01, "$6": scale23,
+                                                **e2m1_prmt.CONSTANTS})
 
 
 def expected(byte: int, scale: torch.Tensor) -> tuple[int, int]:

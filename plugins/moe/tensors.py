@@ -7,6 +7,9 @@ A projection is (format, weight, scale, global_scale) in the checkpoint's own la
 | `bf16`  | [E, in, out] any float dtype | - | - |
 | `mxfp4` | u8 [E, out, in/32, 16] (blocks) | u8 E8M0 [E, out, in/32] | - |
 | `nvfp4` | u8 [E, in/2, out] (packed, input-major) | float8_e4m3fn [E, in/16, out] | f32 0-d |
+| `nvfp4_spread` | as `nvfp4`, each 4 bytes along `in` bit-permuted (`plugins.moe.e2m1_spread`) | as `nvfp4` | as `nvfp4` |
+
+`nvfp4_spread` is the kernel's own storage (`ProjectionTensors.k_major(spread=True)`), never a checkpoint's.
 
 `reference_moe_from_logits` is the plain-torch MoE given router logits (what the op receives); it runs
 the same steps as `plugins.moe.reference.moe` after its router matmul, so both agree bit for bit.
@@ -19,6 +22,7 @@ from enum import Enum
 
 import torch
 
+from plugins.moe import e2m1_spread
 from plugins.moe.experts import Bf16Experts, ExpertProjection, ExpertWeights, Mxfp4Experts, Nvfp4Experts
 from plugins.moe.reference import expert_mlp
 
@@ -27,8 +31,10 @@ class WeightFormat(str, Enum):
     BF16 = "bf16"
     MXFP4 = "mxfp4"
     NVFP4 = "nvfp4"
+    NVFP4_SPREAD = "nvfp4_spread"  # NVFP4 with the codes in the kernel's bit order (`e2m1_spread`)
 
 
+_NVFP4_FORMATS = (WeightFormat.NVFP4, WeightFormat.NVFP4_SPREAD)
 ROW_ALIGN = 16  # bytes: rows of the FP4 codes and block scales start on this boundary (`aligned_rows`)
 
 
@@ -60,7 +66,7 @@ class ProjectionTensors:
         if needs_scale != (self.scale is not None):
             raise ValueError(f"{self.fmt.value} projection: scale must be "
                              f"{'given' if needs_scale else 'None'}")
-        if (self.fmt is WeightFormat.NVFP4) != (self.global_scale is not None):
+        if (self.fmt in _NVFP4_FORMATS) != (self.global_scale is not None):
             raise ValueError(f"{self.fmt.value} projection: global_scale is required for nvfp4 only")
         if self.fmt is not WeightFormat.BF16 and self.weight.dtype != torch.uint8:
             raise ValueError(f"{self.fmt.value} projection: weight must be uint8, got {self.weight.dtype}")
@@ -73,7 +79,7 @@ class ProjectionTensors:
     def in_features(self) -> int:
         w = self.weight
         return {WeightFormat.BF16: w.shape[1], WeightFormat.MXFP4: w.shape[2] * 32,
-                WeightFormat.NVFP4: w.shape[1] * 2}[self.fmt]
+                WeightFormat.NVFP4: w.shape[1] * 2, WeightFormat.NVFP4_SPREAD: w.shape[1] * 2}[self.fmt]
 
     @property
     def out_features(self) -> int:
@@ -84,16 +90,25 @@ class ProjectionTensors:
         """Bytes of weights and block scales (what a weight-streaming kernel must read)."""
         return sum(t.numel() * t.element_size() for t in (self.weight, self.scale) if t is not None)
 
-    def k_major(self) -> ProjectionTensors:
+    def k_major(self, spread: bool = False) -> ProjectionTensors:
         """The same logical tensors stored input-fastest, each output row starting on a 16-byte boundary
         (a one-time copy; tensors already so stored are kept). The kernels accept any strides; with
         this storage each thread's bytes are adjacent along the input axis (the layout the tensor-core
-        operand wants) and the weight and scale tiles load in wide vectors that Triton pipelines."""
+        operand wants) and the weight and scale tiles load in wide vectors that Triton pipelines.
+        spread (NVFP4): also store each 4 code bytes in the kernel's bit order (`nvfp4_spread`, decoded
+        in about half the instructions on CUDA with bf16 activations; see `plugins.moe.e2m1_spread`)."""
         if self.fmt is WeightFormat.BF16:
             return self
         if self.fmt is WeightFormat.MXFP4:
             return ProjectionTensors(self.fmt, self.weight, aligned_rows(self.scale))
-        return ProjectionTensors(self.fmt, aligned_rows(self.weight.mT).mT, aligned_rows(self.scale.mT).mT,
+        fmt, weight = self.fmt, self.weight
+        if spread and fmt is WeightFormat.NVFP4:
+            gs = float(self.global_scale)
+            if not torch.finfo(torch.float32).tiny <= gs <= torch.finfo(torch.float32).max:
+                raise ValueError(f"nvfp4 projection: global_scale {gs!r} is not a positive normal float32, "
+                                 "which the spread decode needs; keep this layer in nvfp4 (spread=False)")
+            fmt, weight = WeightFormat.NVFP4_SPREAD, e2m1_spread.spread(weight, 1)
+        return ProjectionTensors(fmt, aligned_rows(weight.mT).mT, aligned_rows(self.scale.mT).mT,
                                  self.global_scale)
 
     def to_experts(self) -> ExpertProjection:
@@ -101,7 +116,8 @@ class ProjectionTensors:
             return Bf16Experts(self.weight)
         if self.fmt is WeightFormat.MXFP4:
             return Mxfp4Experts(self.weight, self.scale)
-        return Nvfp4Experts(self.weight, self.scale, self.global_scale)
+        weight = e2m1_spread.unspread(self.weight, 1) if self.fmt is WeightFormat.NVFP4_SPREAD else self.weight
+        return Nvfp4Experts(weight, self.scale, self.global_scale)
 
     @classmethod
     def from_experts(cls, proj: ExpertProjection) -> ProjectionTensors:
@@ -143,8 +159,9 @@ class MoeTensors:
         return cls(ProjectionTensors.from_experts(w.gate_up), w.gate_up_bias,
                    ProjectionTensors.from_experts(w.down), w.down_bias)
 
-    def k_major(self) -> MoeTensors:
-        return MoeTensors(self.gate_up.k_major(), self.gate_up_bias, self.down.k_major(), self.down_bias)
+    def k_major(self, spread: bool = False) -> MoeTensors:
+        return MoeTensors(self.gate_up.k_major(spread), self.gate_up_bias, self.down.k_major(spread),
+                          self.down_bias)
 
     def to_weights(self) -> ExpertWeights:
         return ExpertWeights(self.gate_up.to_experts(), self.gate_up_bias, self.down.to_experts(),

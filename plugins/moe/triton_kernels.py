@@ -20,11 +20,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from plugins.moe import e2m1_prmt
+from plugins.moe import e2m1_prmt, e2m1_spread
 
 FMT_BF16: tl.constexpr = tl.constexpr(0)
 FMT_MXFP4: tl.constexpr = tl.constexpr(1)
 FMT_NVFP4: tl.constexpr = tl.constexpr(2)
+FMT_NVFP4_SPREAD: tl.constexpr = tl.constexpr(3)  # NVFP4, codes in `plugins.moe.e2m1_spread` order
 
 
 @triton.jit
@@ -205,13 +206,71 @@ def _e2m1_bf16_lut_asm(code, scale):
 def _block_scale(raw, gs, FMT: tl.constexpr, FACTOR: tl.constexpr):
     """Block scale bytes -> float32 scale times FACTOR (a power of two folded in for the decode)."""
     raw = raw.to(tl.int32)
-    if FMT == FMT_NVFP4:
+    if FMT == FMT_MXFP4:  # E8M0: 2**(raw - 127), byte 0 is 2**-127 (a float32 subnormal)
+        pow2 = tl.where(raw == 0, 0x00400000, raw << 23).to(tl.float32, bitcast=True)
+        return pow2 * FACTOR
+    else:  # E4M3 (NVFP4) times the global scale
         bits = ((raw & 0x7F) << 7) | ((raw & 0x80) << 8)
         e4m3_over_256 = bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         return (e4m3_over_256 * gs) * (256.0 * FACTOR)
-    else:  # E8M0: 2**(raw - 127), byte 0 is 2**-127 (a float32 subnormal)
-        pow2 = tl.where(raw == 0, 0x00400000, raw << 23).to(tl.float32, bitcast=True)
-        return pow2 * FACTOR
+
+
+_E2M1_SPREAD_PTX: tl.constexpr = tl.constexpr(e2m1_spread.ptx())
+_E2M1_SPREAD_CONSTRAINTS: tl.constexpr = tl.constexpr(e2m1_spread.CONSTRAINTS)
+_SPREAD_MASK: tl.constexpr = tl.constexpr(e2m1_spread.MASK)
+_SPREAD_ROT1: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[1][0][0])
+_SPREAD_ROT2: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[2][0][0])
+_SPREAD_ROT3A: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][0][0])
+_SPREAD_MASK3A: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][0][1])
+_SPREAD_ROT3B: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][1][0])
+_SPREAD_MASK3B: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][1][1])
+# in-kernel powers of two of the spread decode (bf16 activations), see `e2m1_spread`: the global scale's
+# mantissa (in [1, 2)) goes into the block scale, 2**(its exponent + 9) multiplies the accumulator
+_SPREAD_ASM_FACTOR: tl.constexpr = tl.constexpr(2.0 ** 117)  # block scale * 2**126 / 2**9
+_SPREAD_TL_FACTOR: tl.constexpr = tl.constexpr(2.0 ** 5)     # the plain decode's 2**14, / 2**9
+
+
+@triton.jit
+def _e2m1_spread_asm(code, scale):
+    """spread-order bytes, bf16 block scales * 2**117 * global-scale mantissa -> (low, high nibble)
+    weights in bf16 (`plugins.moe.e2m1_spread.PROGRAM`; every 4 bytes share one scale)."""
+    return tl.inline_asm_elementwise(_E2M1_SPREAD_PTX, _E2M1_SPREAD_CONSTRAINTS, [code, scale],
+                                     dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+
+
+@triton.jit
+def _rotl(x, n: tl.constexpr):
+    if n == 0:
+        return x
+    else:
+        return (x << n) | (x >> (32 - n))
+
+
+@triton.jit
+def _half_code(word, SHIFT: tl.constexpr):
+    """The E2M1 code of one bf16 half of a decoded spread word: magnitude bits 6..8, sign bit 15."""
+    h = word >> SHIFT
+    return ((h >> 6) & 7) | ((h >> 12) & 8)
+
+
+@triton.jit
+def _spread_to_plain(first, BN: tl.constexpr, BK: tl.constexpr):
+    """spread-order code bytes [BN, BK/2] -> the checkpoint's order (decodes other than the PTX one): the
+    words of `e2m1_spread.WORDS`, their halves' codes back into bytes (`OUT_CODES` order)."""
+    q = tl.reshape(first.to(tl.uint32), (BN, BK // 8, 2, 2))          # [.., byte bit 1, byte bit 0]
+    even, odd = tl.split(q)
+    b0, b2 = tl.split(even)
+    b1, b3 = tl.split(odd)
+    word = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)                      # [BN, BK/8]
+    w0 = word & _SPREAD_MASK                                             # codes 0, 2
+    w1 = _rotl(word, _SPREAD_ROT1) & _SPREAD_MASK                        # codes 4, 6
+    w2 = _rotl(word, _SPREAD_ROT2) & _SPREAD_MASK                        # codes 1, 3
+    w3 = (_rotl(word, _SPREAD_ROT3A) & _SPREAD_MASK3A) | (_rotl(word, _SPREAD_ROT3B) & _SPREAD_MASK3B)  # 5, 7
+    p0 = _half_code(w0, 0) | (_half_code(w2, 0) << 4)                  # plain byte j = code 2j | code 2j+1
+    p1 = _half_code(w0, 16) | (_half_code(w2, 16) << 4)
+    p2 = _half_code(w1, 0) | (_half_code(w3, 0) << 4)
+    p3 = _half_code(w1, 16) | (_half_code(w3, 16) << 4)
+    return tl.reshape(tl.join(tl.join(p0, p2), tl.join(p1, p3)), (BN, BK // 2)).to(tl.uint8)
 
 
 @triton.jit
@@ -255,6 +314,11 @@ def _decode_weight(first, second, gs, FMT: tl.constexpr, GROUP: tl.constexpr, BK
     for MXFP4 and power-of-two NVFP4 scales, else within one bf16 rounding of the reference)."""
     if FMT == FMT_BF16:
         w = first.to(W_DTYPE)
+    elif FMT == FMT_NVFP4_SPREAD and ASM and W_DTYPE == tl.bfloat16:
+        scale = _block_scale(second, gs, FMT, _SPREAD_ASM_FACTOR).to(tl.bfloat16)
+        scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
+        lo, hi = _e2m1_spread_asm(first, scale)
+        w = tl.reshape(tl.join(lo, hi), (BN, BK))
     elif ASM and LUT and W_DTYPE == tl.bfloat16:
         scale = _block_scale(second, gs, FMT, 1.0).to(tl.bfloat16)
         scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
@@ -266,7 +330,12 @@ def _decode_weight(first, second, gs, FMT: tl.constexpr, GROUP: tl.constexpr, BK
         lo, hi = _e2m1_bf16_asm(first, scale)
         w = tl.reshape(tl.join(lo, hi), (BN, BK))
     else:
-        scale = _block_scale(second, gs, FMT, 16384.0)                       # [BN, BK/GROUP], * 2**14
+        if FMT == FMT_NVFP4_SPREAD:
+            first = _spread_to_plain(first, BN, BK)
+        if FMT == FMT_NVFP4_SPREAD and W_DTYPE == tl.bfloat16:  # gs is the mantissa only (see the kernel)
+            scale = _block_scale(second, gs, FMT, _SPREAD_TL_FACTOR)
+        else:
+            scale = _block_scale(second, gs, FMT, 16384.0)                   # [BN, BK/GROUP], * 2**14
         scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
         if ASM:
             lo, hi = _e2m1_halves_asm(first)
@@ -325,8 +394,13 @@ def _expert_gemm_kernel(
     w_base = w_ptr + expert * stride_we
     s_base = s_ptr + expert * stride_se
     gs = 1.0
-    if FMT == FMT_NVFP4:
+    if FMT == FMT_NVFP4 or FMT == FMT_NVFP4_SPREAD:
         gs = tl.load(gs_ptr).to(tl.float32)
+    acc_scale = 1.0
+    if FMT == FMT_NVFP4_SPREAD and W_DTYPE == tl.bfloat16:  # gs = mantissa * 2**e: the decode takes the
+        bits = gs.to(tl.int32, bitcast=True)                 # mantissa, the accumulator 2**(e + 9)
+        acc_scale = (bits & 0x7F800000).to(tl.float32, bitcast=True) * 512.0
+        gs = ((bits & 0x007FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
     k_lo = tl.program_id(2) * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
     if SWAP_AB:
@@ -342,6 +416,8 @@ def _expert_gemm_kernel(
         acc = tl.trans(acc_t)
     else:
         acc = acc_t
+    if FMT == FMT_NVFP4_SPREAD and W_DTYPE == tl.bfloat16:
+        acc = acc * acc_scale
     bias_cols = tl.where(tl.program_id(2) == 0, N, 0)  # split 0 adds the bias
     bias = tl.load(bias_ptr + expert * stride_be + n, mask=n < bias_cols, other=0.0)
     acc += bias.to(W_DTYPE).to(tl.float32)[None, :]
