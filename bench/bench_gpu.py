@@ -119,7 +119,8 @@ def random_mxfp4(e: int, n_in: int, n_out: int, g: torch.Generator) -> Projectio
 
 
 def random_layer(e: int, h: int, i: int, fmt: str, g: torch.Generator) -> MoeTensors:
-    """fmt: bf16 | mxfp4 | nvfp4 (K-major storage) | nvfp4-nmajor (the checkpoint's storage)."""
+    """fmt: bf16 | mxfp4 | nvfp4 (K-major storage) | nvfp4-nmajor (the checkpoint's storage) | nvfp4-spread
+    (K-major, codes in the kernel's bit order: `k_major(spread=True)`)."""
     if fmt == "bf16":
         w1 = torch.randn(e, h, 2 * i, device=DEV, generator=g) * h**-0.5
         w2 = torch.randn(e, i, h, device=DEV, generator=g) * i**-0.5
@@ -127,11 +128,13 @@ def random_layer(e: int, h: int, i: int, fmt: str, g: torch.Generator) -> MoeTen
     elif fmt == "mxfp4":
         gu, dn = random_mxfp4(e, h, 2 * i, g), random_mxfp4(e, i, h, g)
     else:
-        k_major = fmt == "nvfp4"
+        k_major = fmt in ("nvfp4", "nvfp4-spread")
         gu, dn = random_nvfp4(e, h, 2 * i, g, k_major), random_nvfp4(e, i, h, g, k_major)
     b1 = torch.randn(e, 2 * i, device=DEV, generator=g).to(torch.bfloat16)
     b2 = torch.randn(e, h, device=DEV, generator=g).to(torch.bfloat16)
     t = MoeTensors(gu, b1, dn, b2)
+    if fmt == "nvfp4-spread":
+        return t.k_major(spread=True)
     return t.k_major() if fmt in ("nvfp4", "mxfp4") else t  # 16-byte aligned rows, as served
 
 
@@ -154,8 +157,12 @@ def truth_experts(t: MoeTensors, dtype: torch.dtype) -> ExpertWeights:
 
 def check_moe(g: torch.Generator) -> list[dict]:
     rows = []
-    for fmt in ("nvfp4", "nvfp4-nmajor", "mxfp4", "bf16"):
-        t = random_layer(16, 256, 192, fmt, g)
+    plain = random_layer(16, 256, 192, "nvfp4", g)
+    for fmt in ("nvfp4", "nvfp4-spread", "nvfp4-nmajor", "mxfp4", "bf16"):
+        if fmt.startswith("nvfp4") and fmt != "nvfp4-nmajor":  # spread: the same weights in the kernel's bit order
+            t = plain.k_major(spread=True) if fmt == "nvfp4-spread" else plain
+        else:
+            t = random_layer(16, 256, 192, fmt, g)
         for n, dtype, cfg in itertools.product((1, 64, 300), (torch.bfloat16, torch.float32), CHECK_CONFIGS):
             if cfg is not None and dtype != torch.bfloat16:
                 continue
@@ -172,6 +179,10 @@ def check_moe(g: torch.Generator) -> list[dict]:
             if cfg is not None and cfg.lut_decode and fmt != "bf16":  # same bits as the bf16_scale decode
                 twin = dataclasses.replace(cfg, lut_decode=False, bf16_scale=True)
                 ok = ok and torch.equal(out, moe_fused.fused_moe(x, logits, t, TOP_K, config=twin))
+            if fmt == "nvfp4-spread" and dtype == torch.bfloat16:  # same bits as bf16_scale on the plain storage
+                twin = dataclasses.replace(cfg or moe_fused.default_config(n * TOP_K, 16, x.device),
+                                           lut_decode=False, bf16_scale=True)
+                ok = ok and torch.equal(out, moe_fused.fused_moe(x, logits, plain, TOP_K, config=twin))
             rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "ok": ok})
     return rows
 
@@ -315,6 +326,11 @@ def bench_moe(copy_gb_s: float, g: torch.Generator) -> dict:
             row = moe_row(shape, layers, n, cfgs, copy_gb_s, g)
             results["rows"].append(row)
             print(f"  moe {row}", flush=True)
+        spread = [t.k_major(spread=True) for t in layers]  # the kernel's bit order, same weights
+        results.setdefault("spread_rows", []).extend(moe_row(shape, spread, n, cfgs, copy_gb_s, g)
+                                                      for n in (1, 8, 32, 128))
+        print(f"  moe spread storage {results['spread_rows'][-4:]}", flush=True)
+        spread.clear()
         if shape == "gpt-oss-120b":  # the checkpoint's own (N-major) NVFP4 storage, for comparison
             layers = [random_layer(e, HIDDEN, INTER, "nvfp4-nmajor", g) for _ in range(n_layers)]
             results["nmajor_rows"] = [moe_row(shape, layers, n, cfgs, copy_gb_s, g) for n in (1, 32)]
