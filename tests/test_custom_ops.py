@@ -86,7 +86,7 @@ def test_moe_op_on_cpu_is_the_reference(fmt, dtype):
 def test_moe_op_takes_the_kernels_spread_storage():
     """weight_format nvfp4_spread (`k_major(spread=True)`, what the CUDA kernel decodes fastest): the CPU
     implementation undoes the bit order and gives the reference's result exactly."""
-    router, experts = layer("nvfp4")
+    router, experts = layer("nvfp4", i=64)   # spread storage: inputs a multiple of 64
     x = torch.randn(9, 64, generator=torch.Generator().manual_seed(1))
     args = ops.moe_op_args(MoeTensors.from_weights(experts).k_major(spread=True))
     assert args[-1] == "nvfp4_spread"

@@ -1,8 +1,8 @@
-"""The spread-order E2M1 decode (`plugins.moe.e2m1_spread`, `WeightFormat.NVFP4_SPREAD`) executed on CPU: its
-PROGRAM table, the one `ptx()` emits, run with the PTX ISA's definitions (`tests/ptx_emulator.py`) on codes
-that `spread()` stored, against the E2M1 values of `plugins.formats` times the bf16 scale rounded once, bit
-for bit, for every byte value in every position. The PTX itself is assembled by ptxas in
-tests/test_moe_pipelining.py's compiles."""
+"""The spread storage and its decode (`plugins.moe.e2m1_spread`, `WeightFormat.NVFP4_SPREAD`) on CPU: where
+`spread()` puts every input's code (against the layout written out independently here), and the PROGRAM
+table, the one `ptx()` emits, run with the PTX ISA's definitions (`tests/ptx_emulator.py`) on stored
+groups, against the E2M1 values of `plugins.formats` times the bf16 scale rounded once, bit for bit, for
+every code pair in every position. The PTX itself is assembled by ptxas in tests/test_moe_pipelining.py."""
 
 from __future__ import annotations
 
@@ -32,37 +32,55 @@ def expected(codes: list[int], scale_bits: int) -> list[int]:
     return bf16_bits(values)
 
 
-def test_every_byte_in_every_position():
+def group_word(codes: list[int]) -> int:
+    """8 group codes -> the stored 32-bit group (SOURCE_BIT)."""
+    return sum(((c >> b) & 1) << e2m1_spread.SOURCE_BIT[i][b] for i, c in enumerate(codes) for b in range(4))
+
+
+def test_every_code_pair_in_every_position():
     scales = _scales()
-    for byte in range(256):
-        for pos in range(4):
-            plain = [(byte + 37 * (i - pos)) & 0xFF if i != pos else byte for i in range(4)]
-            stored = e2m1_spread.spread(torch.tensor(plain, dtype=torch.uint8), 0)
-            word = int.from_bytes(bytes(stored.tolist()), "little")
-            s = scales[(byte + pos) % len(scales)]
-            out = ptx_emulator.run(e2m1_spread.PROGRAM, {"$4": word, "$5": s | s << 16, "$6": s | s << 16})
-            codes = [n for b in plain for n in (b & 0xF, b >> 4)]        # code 2j: low nibble of byte j
-            want = expected(codes, s)
+    for a, b in itertools.product(range(16), repeat=2):
+        for pos in range(7):  # codes a, b at group codes pos, pos + 1; the others hold other codes
+            codes = [(a + 5 * i + b) & 0xF for i in range(8)]
+            codes[pos], codes[pos + 1] = a, b
+            s_lo, s_hi = scales[(a + pos) % len(scales)], scales[(b * 3 + pos) % len(scales)]
+            out = ptx_emulator.run(e2m1_spread.PROGRAM, {"$4": group_word(codes), "$5": s_lo | s_lo << 16,
+                                                         "$6": s_lo | s_lo << 16, "$7": s_hi | s_hi << 16,
+                                                         "$8": s_hi | s_hi << 16})
+            want = expected(codes[:4], s_lo) + expected(codes[4:], s_hi)  # low-half inputs, then high-half
             for i, (c_lo, c_hi) in enumerate(e2m1_spread.OUT_CODES):
-                assert (out[i] & 0xFFFF, out[i] >> 16) == (want[c_lo], want[c_hi]), (plain, i)
+                assert (out[i] & 0xFFFF, out[i] >> 16) == (want[c_lo], want[c_hi]), (codes, i)
 
 
-def test_spread_is_a_bit_permutation_and_unspread_inverts_it():
+@pytest.mark.parametrize("k", [64, 128, 192, 2880])
+def test_where_spread_puts_each_input(k):
+    """Input t's code is in chunk t // 128 (the last chunk 64 long when k % 128 == 64), half h, byte j of
+    that half-chunk pair, group code h * 4 + j % 4 of group j // 4, bits SOURCE_BIT: written out per input."""
+    g = torch.Generator().manual_seed(k)
+    plain = torch.randint(0, 256, (k // 2,), dtype=torch.uint8, generator=g)
+    stored = e2m1_spread.spread(plain, 0)
+    words = stored.view(torch.int32).tolist()
+    for t in range(k):
+        code = (int(plain[t // 2]) >> (4 * (t % 2))) & 0xF
+        base = t // 128 * 128
+        size = 128 if base + 128 <= k else 64
+        half, j = divmod(t - base, size // 2)
+        word = words[base // 8 + j // 4]                       # the chunk's bytes start at base / 2
+        got = sum(((word >> e2m1_spread.SOURCE_BIT[half * 4 + j % 4][b]) & 1) << b for b in range(4))
+        assert got == code, (t, base, size, half, j)
+
+
+def test_spread_round_trips_along_any_dim():
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (3, 24, 5), dtype=torch.uint8, generator=g)   # groups along dim 1
+    x = torch.randint(0, 256, (3, 96, 5), dtype=torch.uint8, generator=g)   # inputs along dim 1: 192
     y = e2m1_spread.spread(x, 1)
-    assert y.shape == x.shape and not torch.equal(x, y)
+    assert y.shape == x.shape and y.stride(1) == 1 and not torch.equal(x, y)
     assert torch.equal(e2m1_spread.unspread(y, 1), x)
-    for bit in range(32):  # one set bit moves to exactly one place, SOURCE_BIT's
-        one = torch.tensor(list((1 << bit).to_bytes(4, "little")), dtype=torch.uint8)
-        moved = int.from_bytes(bytes(e2m1_spread.spread(one, 0).tolist()), "little")
-        code, b = divmod(bit, 4)
-        assert moved == 1 << e2m1_spread.SOURCE_BIT[code][b]
 
 
-def test_groups_must_be_whole():
-    with pytest.raises(ValueError, match="multiple of 4 bytes along dim 1"):
-        e2m1_spread.spread(torch.zeros(2, 6, dtype=torch.uint8), 1)
+def test_inputs_must_be_a_multiple_of_64():
+    with pytest.raises(ValueError, match="multiple of 64 inputs"):
+        e2m1_spread.spread(torch.zeros(2, 48, dtype=torch.uint8), 1)   # 96 inputs
 
 
 def test_no_four_rotations_tile_the_word():
@@ -76,3 +94,16 @@ def test_emitted_ptx_is_the_program():
     body = [line for line in e2m1_spread.ptx().splitlines() if not line.startswith((".reg", "{", "}"))]
     assert len(body) == len(e2m1_spread.PROGRAM) == 13
     assert sum(line.startswith("mul.rn.bf16x2") for line in body) == 4   # one multiply a pair of weights
+
+
+@pytest.mark.parametrize("k", [64, 192, 2880])
+def test_block_scales_are_stored_in_low_high_pairs(k):
+    """Stored block 2b of a chunk is the scale of its low half's inputs 16b.., block 2b + 1 of its high
+    half's (the chunk's first block + S/32 + b): written out per block, then undone by unspread_scales."""
+    scale = torch.arange(k // 16, dtype=torch.uint8).view(torch.float8_e4m3fn)[None, :, None].expand(2, -1, 3)
+    stored = e2m1_spread.spread_scales(scale, 1)
+    for i, v in enumerate(stored[0, :, 0].view(torch.uint8).tolist()):
+        base = i // 8 * 8                                      # first block of the chunk
+        per_half = 4 if base + 8 <= k // 16 else 2
+        assert v == base + (i - base) // 2 + per_half * ((i - base) % 2), (i, v)
+    assert torch.equal(e2m1_spread.unspread_scales(stored, 1).view(torch.uint8), scale.view(torch.uint8))

@@ -40,7 +40,13 @@ SHAPES = {
     "batch-37tok-e8-k3-padded": (37, 8, 3, 96, 96),
     "prefill-256tok-e8-k2": (256, 8, 2, 128, 64),
 }
-FORMATS = ("bf16", "mxfp4", "nvfp4", "nvfp4-kmajor", "nvfp4-spread")
+FORMATS = ("bf16", "mxfp4", "nvfp4", "nvfp4-kmajor")
+# nvfp4-spread (`k_major(spread=True)`) needs H and I multiples of 64; 192 = one 128-input chunk + the 64 tail
+SPREAD_SHAPES = {
+    "decode-1tok-e4-k1": SHAPES["decode-1tok-e4-k1"],            # gate_up one chunk, down only the tail
+    "decode-3tok-e8-k4-tail": (3, 8, 4, 192, 192),               # chunk + tail in both projections
+    "prefill-256tok-e8-k2": SHAPES["prefill-256tok-e8-k2"],
+}
 SPLIT_K_CONFIG = fused.MoeConfig(16, 64, 32, split_k=3)  # small tiles, down projection split in 3
 
 
@@ -95,7 +101,6 @@ def distinct_logits(n: int, e: int, g: torch.Generator) -> torch.Tensor:
 @pytest.mark.parametrize("shape,fmt", [("decode-2tok-e32-k4-padded", "bf16"),
                                        ("decode-2tok-e32-k4-padded", "mxfp4"),
                                        ("decode-2tok-e32-k4-padded", "nvfp4-kmajor"),
-                                       ("decode-2tok-e32-k4-padded", "nvfp4-spread"),
                                        ("prefill-256tok-e8-k2", "nvfp4")])
 def test_fused_moe_bfloat16_within_bf16_precision(shape, fmt):
     n, e, k, h, i = SHAPES[shape]
@@ -161,7 +166,7 @@ def test_rejects_bad_arguments():
         fused.MoeConfig(16, 32, 16)
 
 
-@pytest.mark.parametrize("fmt", ["nvfp4", "nvfp4-kmajor", "nvfp4-spread", "mxfp4", "bf16"])
+@pytest.mark.parametrize("fmt", ["nvfp4", "nvfp4-kmajor", "mxfp4", "bf16"])
 @pytest.mark.parametrize("config", [
     fused.MoeConfig(16, 64, 32, split_k=3, swap_ab=True),          # weights as the left operand
     fused.MoeConfig(16, 128, 64, swap_ab=True, split_fill=8),      # the decode default's shape
@@ -177,27 +182,45 @@ def test_swap_ab_configs(fmt, config):
     torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("config", [None, SPLIT_K_CONFIG, fused.MoeConfig(16, 64, 32, split_k=2, swap_ab=True)],
+                         ids=["default", "splitk3", "swap-splitk2"])
+@pytest.mark.parametrize("shape", SPREAD_SHAPES)
+def test_spread_storage_float32_matches_reference(shape, config):
+    """Spread storage: 128-input chunks, the 64-input tail, split-K boundaries on chunks (block_k is forced
+    to 128: split_k 3 of 192 inputs gives a chunk and a tail program), both operand orders."""
+    n, e, k, h, i = SPREAD_SHAPES[shape]
+    g = torch.Generator().manual_seed(len(shape))
+    router, w = make_layer(e, h, i, "nvfp4", g)
+    x = torch.randn(n, h, generator=g)
+    ref = moe(x, router, w, k)
+    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, "nvfp4-spread"), k,
+                          config=config)
+    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # sigmoid of the 2**30-scaled gates
 @pytest.mark.parametrize("weight_scale", [2.0 ** -30, 1.0, 2.0 ** 30])
 def test_spread_storage_is_bit_identical_in_bf16(weight_scale):
     """bf16 activations: the spread decode divides the global scale by 2**(its exponent + 9) and multiplies
-    the accumulator back; both steps are exact, so the output equals the checkpoint order's bit for bit,
-    for global scales far from 1 (weights scaled by 2**-30 .. 2**30)."""
-    n, e, k, h, i = SHAPES["decode-2tok-e32-k4-padded"]
+    the accumulator back; both steps are exact, so the output equals the checkpoint order's bit for bit
+    (same K step), for global scales far from 1 (gate_up weights scaled by 2**-30 .. 2**30)."""
+    n, e, k, h, i = SPREAD_SHAPES["decode-3tok-e8-k4-tail"]
     g = torch.Generator().manual_seed(11)
     _, w = make_layer(e, h, i, "nvfp4", g)
-    w = ExpertWeights(*(Nvfp4Experts(p.packed, p.block_scale, p.global_scale * weight_scale)
-                        for p in (w.gate_up,)), w.gate_up_bias, w.down, w.down_bias)
+    gu = w.gate_up
+    w = ExpertWeights(Nvfp4Experts(gu.packed, gu.block_scale, gu.global_scale * weight_scale), w.gate_up_bias,
+                      w.down, w.down_bias)
     x = torch.randn(n, h, generator=g).to(torch.bfloat16)
     logits = distinct_logits(n, e, g).to(torch.bfloat16)
-    plain = fused.fused_moe(x, logits, tensors(w, "nvfp4-kmajor"), k, config=SPLIT_K_CONFIG)
-    spread = fused.fused_moe(x, logits, tensors(w, "nvfp4-spread"), k, config=SPLIT_K_CONFIG)
+    cfg = fused.MoeConfig(16, 64, 64, split_k=2)  # the plain storage in 64-input steps: the same sums
+    plain = fused.fused_moe(x, logits, tensors(w, "nvfp4-kmajor"), k, config=cfg)
+    spread = fused.fused_moe(x, logits, tensors(w, "nvfp4-spread"), k, config=cfg)
     assert torch.equal(plain.view(torch.int16), spread.view(torch.int16))
 
 
-def test_spread_storage_round_trips_and_refuses_unusable_global_scales():
+def test_spread_storage_round_trips_and_refuses_what_it_cannot_hold():
     g = torch.Generator().manual_seed(5)
-    _, w = make_layer(4, 64, 32, "nvfp4", g)
+    _, w = make_layer(4, 64, 192, "nvfp4", g)
     t = MoeTensors.from_weights(w).k_major(spread=True)
     assert t.gate_up.fmt.value == "nvfp4_spread" and t.gate_up.weight.stride(1) == 1
     assert torch.equal(t.to_weights().gate_up.packed, w.gate_up.packed)
@@ -207,3 +230,6 @@ def test_spread_storage_round_trips_and_refuses_unusable_global_scales():
         p = type(p)(p.fmt, p.weight, p.scale, torch.tensor(bad))
         with pytest.raises(ValueError, match="not a positive normal float32"):
             p.k_major(spread=True)
+    _, w = make_layer(4, 96, 64, "nvfp4", g)
+    with pytest.raises(ValueError, match="multiple of 64 inputs"):
+        MoeTensors.from_weights(w).k_major(spread=True)

@@ -44,13 +44,16 @@ def test_every_k_loop_load_is_pipelined(layer, n_tokens, config):
 
 
 def test_spread_storage_decodes_in_fewer_instructions(layer):
-    """`k_major(spread=True)`: the same pipelined loads, and its PTX decode (assembled here by ptxas) cuts
-    the K loop by at least 15% against the checkpoint order's bf16_scale decode (456 -> 354 with triton
-    3.9, BENCHMARKS.md)."""
+    """`k_major(spread=True)`: the same pipelined loads, and its decode (PTX assembled here by ptxas; two dots
+    per K step, no regrouping of decoded values) cuts the K loop by at least 25% against the checkpoint
+    order's bf16_scale decode (456 -> 300 instructions with triton 3.9, BENCHMARKS.md), with fewer barriers."""
     rows = {}
     for name, t in (("plain", layer), ("spread", moe_static.nvfp4_layer(spread=True))):
         launch = moe_static.capture(t, 1, fused.DECODE_CONFIG)[0]
         assert launch["args"]["FMT"][1] == (3 if name == "spread" else 2)
         rows[name] = moe_static.summarize(launch, moe_static.compile_launch(launch))
-    assert rows["spread"]["sync_loads_in_loop"] == 0 and rows["spread"]["async_copies_in_loop"] >= 3
-    assert rows["spread"]["loop_instructions"] <= 0.85 * rows["plain"]["loop_instructions"], rows
+    spread, plain = rows["spread"], rows["plain"]
+    assert spread["sync_loads_in_loop"] == 0 and spread["ldg_in_loop"] == 0, spread
+    assert spread["async_copies_in_loop"] >= 4, spread   # codes, scales, two activation halves
+    assert spread["loop_instructions"] <= 0.75 * plain["loop_instructions"], rows
+    assert spread["barriers_in_loop"] < plain["barriers_in_loop"], rows

@@ -1,30 +1,37 @@
-"""The kernel's own bit order for NVFP4 codes (`WeightFormat.NVFP4_SPREAD`): each group of 4 bytes (8 codes
-along the input axis, one block scale) is stored with its 32 bits permuted so that the decode to bfloat16
-is a rotate and a mask per pair of weights and one `mul.rn.bf16x2` by the block scale: 13 instructions for 8
-weights, against 26 for the checkpoint's order (two shifts and two masks per pair, then two multiplies).
+"""The kernel's own storage order for NVFP4 codes (`WeightFormat.NVFP4_SPREAD`), built so the CUDA decode of
+4-bit weights to the bf16 tensor-core operand is as short as it can be: 13 instructions for 8 weights
+(a rotate and a mask per pair of weights, one `mul.rn.bf16x2` by the block scale), against 26 for the
+checkpoint's order, and no regrouping of the decoded values before the dot (`make bench-static`).
 
-Why it works: a bf16 word whose bits 6..8 hold an E2M1 magnitude (mantissa bit, then the two exponent bits)
-and bit 15 its sign is that E2M1 value times 2**-126 (code 1, 0.5, lands on a subnormal, exactly). One
-multiply by the block scale times 2**126, rounded to bf16, gives the weight rounded once. That factor
-overflows bf16 for scales of 2 and more, so the kernel divides the global scale by a power of two first
-(its exponent plus 9, leaving every block scale times it below 2**127) and multiplies the float32
-accumulator back after the K loop: both are exact, so the result is bit-identical to the plain decode.
+Along the input axis (K, a multiple of 64), each output row is cut into chunks of `CHUNK` = 128 inputs (the
+last one 64 when K % 128 == 64). A chunk of S inputs takes S/2 bytes; byte j holds inputs j ("low half")
+and S/2 + j ("high half") of the chunk, so one decode gives two operand tiles whose inputs run in order,
+each the left operand of its own dot (`triton_kernels._spread_step`). Each 4 bytes (one group: low inputs
+4g..4g+3, high inputs S/2+4g..S/2+4g+3, group codes 0-3 and 4-7, one block scale for each four) are stored
+with their 32 bits permuted (`SOURCE_BIT`), and the block scales of a chunk are stored in pairs (low-half
+block b, high-half block b), so a thread's 4-byte scale load holds what its codes need (`spread_scales`).
+The 32-bit permutation is such that:
 
-A 32-bit word holds 4 such bf16 pairs, at bits `MASK` = {6, 7, 8, 15} and {22, 23, 24, 31}. Translates of
-that pattern cannot tile 32 bits (checked exhaustively), so three output words are one rotation and one
-mask each and the fourth takes its bits from two rotations. `WORDS` is the design; `SOURCE_BIT` (where each
-code's bits are stored), `PROGRAM` (what runs on the GPU, emitted by `ptx()`) and the CPU emulation in the
-tests are all derived from it.
+* a bf16 word whose bits 6..8 hold an E2M1 magnitude (mantissa bit, then the two exponent bits) and bit
+  15 its sign is that E2M1 value times 2**-126 (code 1, 0.5, lands on a subnormal, exactly), and the
+  pattern `MASK` = {6, 7, 8, 15} and {22, 23, 24, 31} holds two of them;
+* translates of that pattern cannot tile 32 bits (checked exhaustively by the tests), so three output
+  words are one rotation and one mask each and the fourth takes its bits from two rotations (`WORDS`).
 
-Output order (that of the other inline-asm decodes, `triton_kernels._e2m1_bf16_asm`): $0 = codes (0, 2),
-$1 = (4, 6), $2 = (1, 3), $3 = (5, 7) of the group, the first of each pair in the low half; code 2j is the
-low nibble of the checkpoint's byte j, 2j + 1 its high nibble.
+One multiply by the block scale times 2**126, rounded to bf16, then gives the weight rounded once. That
+factor overflows bf16 for scales of 2 and more, so the kernel divides the global scale by a power of two
+first (its exponent plus 9, leaving every block scale times it below 2**127) and multiplies the float32
+accumulator back after the K loop; both steps are exact, so the result is bit-identical to the plain
+storage's decode (`bf16_scale`). `WORDS` is the design; `SOURCE_BIT`, `PROGRAM` (emitted by `ptx()`) and the
+CPU emulation in the tests are all derived from it.
 """
 
 from __future__ import annotations
 
 import torch
 
+CHUNK = 128              # inputs per storage chunk; the kernel's K step on this storage
+TAIL = 64                # K % CHUNK may be 0 or this (K a multiple of 64)
 MASK = 0x81C081C0        # the E2M1 bits of two bf16 values, at their exponent 2**-126
 _PAIR_BITS = 0x01000100  # the fourth word's highest magnitude bits come from a second rotation
 # out word i = OR over its terms of (rotate-left(group, r) & mask)
@@ -34,12 +41,14 @@ WORDS: tuple[tuple[tuple[int, int], ...], ...] = (
     ((10, MASK),),
     ((6, MASK & ~_PAIR_BITS), (14, _PAIR_BITS)),
 )
-OUT_CODES = ((0, 2), (4, 6), (1, 3), (5, 7))  # codes of the group in out word i, (low half, high half)
-_CODE_BIT_AT = (6, 7, 8, 15)                   # code bit b (mantissa, exponent 0, exponent 1, sign) in a half
+# group codes in out word i as (low bf16 half, high half): $0, $1 the low-half inputs 0-3, $2, $3 the
+# high-half inputs 0-3 (the asm's two results, in input order)
+OUT_CODES = ((0, 1), (2, 3), (4, 5), (6, 7))
+_CODE_BIT_AT = (6, 7, 8, 15)  # code bit b (mantissa, exponent 0, exponent 1, sign) in a bf16 half
 
 
 def _source_bits() -> tuple[tuple[int, ...], ...]:
-    """SOURCE_BIT[c][b]: the bit of the stored 32-bit group that holds bit b of code c (0..7)."""
+    """SOURCE_BIT[c][b]: the bit of the stored 32-bit group that holds bit b of group code c (0..7)."""
     table = [[-1] * 4 for _ in range(8)]
     for word, terms in enumerate(WORDS):
         for half, code in enumerate(OUT_CODES[word]):
@@ -54,17 +63,18 @@ def _source_bits() -> tuple[tuple[int, ...], ...]:
 
 SOURCE_BIT = _source_bits()
 
-# Operands: $0..$3 out, $4 the 4 stored bytes, $5 (and $6, the same value) the bf16x2 scale times 2**126
-# (shifted as the module docstring says). Names are .b32 registers; ints are immediates.
+# Operands: $0..$3 out, $4 the 4 stored bytes, $5/$6 the low half's bf16x2 scale (twice the same value),
+# $7/$8 the high half's, each the block scale times 2**126 shifted as the module docstring says. Names
+# are .b32 registers; ints are immediates.
 PROGRAM: tuple[tuple, ...] = (
     ("and", "r", "$4", MASK), ("mul", "$0", "r", "$5"),
     ("rotl", "r", "$4", 4), ("and", "r", "r", MASK), ("mul", "$1", "r", "$5"),
-    ("rotl", "r", "$4", 10), ("and", "r", "r", MASK), ("mul", "$2", "r", "$5"),
+    ("rotl", "r", "$4", 10), ("and", "r", "r", MASK), ("mul", "$2", "r", "$7"),
     ("rotl", "r", "$4", 6), ("rotl", "q", "$4", 14), ("and", "q", "q", _PAIR_BITS),
     ("lop3", "r", "q", "r", MASK & ~_PAIR_BITS, 0xF8),  # q | (r & mask)
-    ("mul", "$3", "r", "$5"),
+    ("mul", "$3", "r", "$7"),
 )
-CONSTRAINTS = "=r,=r,=r,=r,r,r,r"
+CONSTRAINTS = "=r,=r,=r,=r,r,r,r,r,r"
 _PTX = {"and": "and.b32 {0}, {1}, {2}", "mul": "mul.rn.bf16x2 {0}, {1}, {2}",
         "rotl": "shf.l.wrap.b32 {0}, {1}, {1}, {2}", "lop3": "lop3.b32 {0}, {1}, {2}, {3}, {4}"}
 
@@ -79,36 +89,82 @@ def ptx() -> str:
 
 
 # ---- storage: checkpoint order <-> spread order, on any device ----------------------------------------
-def _moves(to_spread: bool) -> dict[int, int]:
-    """{shift: mask}: stored = OR over shifts of (plain shifted left by `shift`) & mask (the inverse when
-    not to_spread); a plain group holds code c's bit b at bit 4c + b."""
-    moves: dict[int, int] = {}
-    for code, row in enumerate(SOURCE_BIT):
-        for b, stored in enumerate(row):
-            src, dst = (4 * code + b, stored) if to_spread else (stored, 4 * code + b)
-            moves[dst - src] = moves.get(dst - src, 0) | (1 << dst)
-    return moves
+def _check(codes: torch.Tensor, dim: int) -> None:
+    if codes.dtype != torch.uint8 or (2 * codes.shape[dim]) % TAIL:
+        raise ValueError(f"e2m1_spread: needs uint8 codes of a multiple of {TAIL} inputs ({TAIL // 2} bytes) "
+                         f"along dim {dim}, got {codes.dtype} {tuple(codes.shape)}; keep such a layer in "
+                         "nvfp4 (k_major(spread=False))")
 
 
-def _permute(codes: torch.Tensor, dim: int, to_spread: bool) -> torch.Tensor:
-    if codes.dtype != torch.uint8 or codes.shape[dim] % 4:
-        raise ValueError(f"e2m1_spread: codes must be uint8 with a multiple of 4 bytes along dim {dim}, got "
-                         f"{codes.dtype} {tuple(codes.shape)}")
-    x = codes.movedim(dim, -1).contiguous()
-    words = x.view(torch.int32)                                          # [..., L/4] little-endian groups
-    out = torch.zeros_like(words)
-    for shift, mask in _moves(to_spread).items():
-        signed = mask - (1 << 32) if mask >= 1 << 31 else mask           # int32 immediates
-        moved = words << shift if shift >= 0 else words >> -shift        # arithmetic >>: masked off below
-        out |= moved & signed
-    return out.view(torch.uint8).view(x.shape).movedim(-1, dim)
+def _chunks(k: int) -> list[int]:
+    return [CHUNK] * (k // CHUNK) + ([TAIL] if k % CHUNK else [])
+
+
+def _to_groups(nibbles: torch.Tensor) -> torch.Tensor:
+    """Codes in input order [..., K] -> group codes [..., K/8, 8] (chunk by chunk, as the docstring says)."""
+    parts, start = [], 0
+    for size in _chunks(nibbles.shape[-1]):
+        c = nibbles[..., start:start + size].unflatten(-1, (2, size // 8, 4))   # [..., half, group, i]
+        parts.append(c.transpose(-3, -2).flatten(-2))                            # [..., group, half*4 + i]
+        start += size
+    return torch.cat(parts, dim=-2)
+
+
+def _from_groups(groups: torch.Tensor) -> torch.Tensor:
+    """The inverse of `_to_groups`."""
+    parts, start = [], 0
+    for size in _chunks(groups.shape[-2] * 8):
+        g = groups[..., start:start + size // 8, :].unflatten(-1, (2, 4))       # [..., group, half, i]
+        parts.append(g.transpose(-3, -2).flatten(-3))
+        start += size // 8
+    return torch.cat(parts, dim=-1)
 
 
 def spread(codes: torch.Tensor, dim: int) -> torch.Tensor:
-    """Packed E2M1 codes (checkpoint order, groups of 4 bytes consecutive along dim) -> spread order."""
-    return _permute(codes, dim, to_spread=True)
+    """Packed E2M1 codes in the checkpoint's order (input 2j in the low nibble of byte j along dim) -> the
+    spread order, same shape; the result is contiguous with dim fastest."""
+    _check(codes, dim)
+    x = codes.movedim(dim, -1)
+    nibbles = torch.stack([x & 0xF, x >> 4], dim=-1).flatten(-2)                  # [..., K]
+    groups = _to_groups(nibbles).to(torch.int32)                                  # [..., K/8, 8]
+    word = torch.zeros(groups.shape[:-1], dtype=torch.int32, device=codes.device)
+    for c, row in enumerate(SOURCE_BIT):
+        for b, at in enumerate(row):
+            word |= ((groups[..., c] >> b) & 1) << at                             # bit 31: int32 wraps
+    return word.contiguous().view(torch.uint8).view(x.shape).movedim(-1, dim)
 
 
 def unspread(codes: torch.Tensor, dim: int) -> torch.Tensor:
     """The inverse of `spread`."""
-    return _permute(codes, dim, to_spread=False)
+    _check(codes, dim)
+    x = codes.movedim(dim, -1).contiguous()
+    word = x.view(torch.int32)                                                    # [..., K/8]
+    groups = torch.zeros(*word.shape, 8, dtype=torch.int32, device=codes.device)
+    for c, row in enumerate(SOURCE_BIT):
+        for b, at in enumerate(row):
+            groups[..., c] |= ((word >> at) & 1) << b
+    nibbles = _from_groups(groups).to(torch.uint8)                                # [..., K]
+    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).movedim(-1, dim)
+
+
+def _scale_order(blocks: int) -> torch.Tensor:
+    """stored block i = plain block order[i]: per chunk (8 blocks; the tail 4) low-half and high-half blocks
+    alternate."""
+    order, start = [], 0
+    for size in _chunks(blocks * 16):
+        n = size // 16
+        order += [start + i // 2 + (n // 2) * (i % 2) for i in range(n)]
+        start += n
+    return torch.tensor(order)
+
+
+def spread_scales(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """Block scales (any 1-byte dtype, one per 16 inputs along dim) in the checkpoint's order -> spread's."""
+    order = _scale_order(scale.shape[dim]).to(scale.device)
+    return scale.view(torch.uint8).index_select(dim, order).view(scale.dtype)
+
+
+def unspread_scales(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """The inverse of `spread_scales`."""
+    order = torch.argsort(_scale_order(scale.shape[dim])).to(scale.device)
+    return scale.view(torch.uint8).index_select(dim, order).view(scale.dtype)

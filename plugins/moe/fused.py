@@ -4,20 +4,23 @@ fused SwiGLU -> down GEMM -> combine. Four launches up to FUSED_ROUTE_MAX_PAIRS 
 call can be captured in a CUDA graph.
 
 Supported: x [N, H] in bfloat16/float16/float32 on CUDA (or CPU under TRITON_INTERPRET=1); experts in any
-`WeightFormat`, any strides (K-major storage decodes fastest, see `ProjectionTensors.k_major`); any
-E >= top_k, top_k <= 8; H and I multiples of the FP4 block (16 NVFP4, 32 MXFP4; BF16 experts: any).
+`WeightFormat`, any strides (K-major storage decodes fast, its spread form fastest: see
+`ProjectionTensors.k_major`); any E >= top_k, top_k <= 8; H and I multiples of the FP4 block (16 NVFP4,
+32 MXFP4; 64 nvfp4_spread; BF16 experts: any).
 Accumulation is float32; the SwiGLU output is stored in x's dtype (the reference rounds each
 intermediate to x's dtype instead, so the two agree to x's precision).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from plugins.moe import e2m1_spread
 from plugins.moe import triton_kernels as K
 from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
 
@@ -34,10 +37,11 @@ _SMALL_BLOCKS = {"cuda": (16, 1, 256), "interpreter": (64, 64, 128)}
 @dataclass(frozen=True)
 class MoeConfig:
     """Tile sizes of both grouped GEMMs. block_n counts output columns (gate_up: interleaved gate/up
-    columns, so block_n/2 SwiGLU outputs); block_k is a multiple of 32 (one MXFP4 block). split_k
-    splits the down projection's input dimension over that many programs (None: enough programs to
-    give each SM split_fill programs, at most MAX_SPLIT_K). num_stages is the depth of Triton's
-    cp.async pipeline for the weight, scale and activation tiles."""
+    columns, so block_n/2 SwiGLU outputs); block_k is a multiple of 32 (one MXFP4 block; nvfp4_spread
+    experts always take 128, their storage chunk). split_k splits the down projection's input dimension
+    over that many programs (None: enough programs to give each SM split_fill programs, at most
+    MAX_SPLIT_K). num_stages is the depth of Triton's cp.async pipeline for the weight, scale and
+    activation tiles."""
 
     block_m: int
     block_n: int
@@ -198,6 +202,8 @@ def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, 
     n, h = x.shape
     nk = n * top_k
     cfg = config or default_config(nk, t.gate_up.num_experts, x.device)
+    if WeightFormat.NVFP4_SPREAD in (t.gate_up.fmt, t.down.fmt):  # its K step is its storage chunk
+        cfg = dataclasses.replace(cfg, block_k=e2m1_spread.CHUNK)
     weights, _, sorting = route_and_sort(logits, top_k, cfg.block_m)
     i = t.down.in_features
     act = torch.empty(sorting[0].numel(), i, dtype=x.dtype, device=x.device)

@@ -7,7 +7,7 @@ A projection is (format, weight, scale, global_scale) in the checkpoint's own la
 | `bf16`  | [E, in, out] any float dtype | - | - |
 | `mxfp4` | u8 [E, out, in/32, 16] (blocks) | u8 E8M0 [E, out, in/32] | - |
 | `nvfp4` | u8 [E, in/2, out] (packed, input-major) | float8_e4m3fn [E, in/16, out] | f32 0-d |
-| `nvfp4_spread` | as `nvfp4`, each 4 bytes along `in` bit-permuted (`plugins.moe.e2m1_spread`) | as `nvfp4` | as `nvfp4` |
+| `nvfp4_spread` | as `nvfp4`, codes reordered along `in` (`plugins.moe.e2m1_spread`) | as `nvfp4`, blocks reordered | as `nvfp4` |
 
 `nvfp4_spread` is the kernel's own storage (`ProjectionTensors.k_major(spread=True)`), never a checkpoint's.
 
@@ -101,23 +101,25 @@ class ProjectionTensors:
             return self
         if self.fmt is WeightFormat.MXFP4:
             return ProjectionTensors(self.fmt, self.weight, aligned_rows(self.scale))
-        fmt, weight = self.fmt, self.weight
+        fmt, weight, scale = self.fmt, self.weight, self.scale
         if spread and fmt is WeightFormat.NVFP4:
             gs = float(self.global_scale)
             if not torch.finfo(torch.float32).tiny <= gs <= torch.finfo(torch.float32).max:
                 raise ValueError(f"nvfp4 projection: global_scale {gs!r} is not a positive normal float32, "
                                  "which the spread decode needs; keep this layer in nvfp4 (spread=False)")
-            fmt, weight = WeightFormat.NVFP4_SPREAD, e2m1_spread.spread(weight, 1)
-        return ProjectionTensors(fmt, aligned_rows(weight.mT).mT, aligned_rows(self.scale.mT).mT,
-                                 self.global_scale)
+            fmt, weight, scale = WeightFormat.NVFP4_SPREAD, e2m1_spread.spread(weight, 1), \
+                e2m1_spread.spread_scales(scale, 1)
+        return ProjectionTensors(fmt, aligned_rows(weight.mT).mT, aligned_rows(scale.mT).mT, self.global_scale)
 
     def to_experts(self) -> ExpertProjection:
         if self.fmt is WeightFormat.BF16:
             return Bf16Experts(self.weight)
         if self.fmt is WeightFormat.MXFP4:
             return Mxfp4Experts(self.weight, self.scale)
-        weight = e2m1_spread.unspread(self.weight, 1) if self.fmt is WeightFormat.NVFP4_SPREAD else self.weight
-        return Nvfp4Experts(weight, self.scale, self.global_scale)
+        if self.fmt is WeightFormat.NVFP4_SPREAD:
+            return Nvfp4Experts(e2m1_spread.unspread(self.weight, 1), e2m1_spread.unspread_scales(self.scale, 1),
+                                self.global_scale)
+        return Nvfp4Experts(self.weight, self.scale, self.global_scale)
 
     @classmethod
     def from_experts(cls, proj: ExpertProjection) -> ProjectionTensors:

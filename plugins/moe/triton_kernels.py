@@ -231,10 +231,10 @@ _SPREAD_TL_FACTOR: tl.constexpr = tl.constexpr(2.0 ** 5)     # the plain decode'
 
 
 @triton.jit
-def _e2m1_spread_asm(code, scale):
-    """spread-order bytes, bf16 block scales * 2**117 * global-scale mantissa -> (low, high nibble)
-    weights in bf16 (`plugins.moe.e2m1_spread.PROGRAM`; every 4 bytes share one scale)."""
-    return tl.inline_asm_elementwise(_E2M1_SPREAD_PTX, _E2M1_SPREAD_CONSTRAINTS, [code, scale],
+def _e2m1_spread_asm(code, scale_lo, scale_hi):
+    """spread-order bytes [BN, H], bf16 block scales (* 2**117 * global-scale mantissa) of each half per byte
+    -> (low-half, high-half) weights [BN, H] in bf16 (`plugins.moe.e2m1_spread.PROGRAM`)."""
+    return tl.inline_asm_elementwise(_E2M1_SPREAD_PTX, _E2M1_SPREAD_CONSTRAINTS, [code, scale_lo, scale_hi],
                                      dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
 
 
@@ -254,23 +254,96 @@ def _half_code(word, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _spread_to_plain(first, BN: tl.constexpr, BK: tl.constexpr):
-    """spread-order code bytes [BN, BK/2] -> the checkpoint's order (decodes other than the PTX one): the
-    words of `e2m1_spread.WORDS`, their halves' codes back into bytes (`OUT_CODES` order)."""
-    q = tl.reshape(first.to(tl.uint32), (BN, BK // 8, 2, 2))          # [.., byte bit 1, byte bit 0]
+def _quad(c0, c1, c2, c3, BN: tl.constexpr, H: tl.constexpr):
+    """Four [BN, H/4] tensors -> [BN, H] with c0..c3 consecutive along the last axis."""
+    return tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (BN, H))
+
+
+@triton.jit
+def _spread_codes(code, BN: tl.constexpr, H: tl.constexpr):
+    """spread-order bytes [BN, H] -> the E2M1 codes of the low-half and the high-half inputs, [BN, H] each
+    (the decodes other than the PTX one): the words of `e2m1_spread.WORDS`, in `OUT_CODES` order."""
+    q = tl.reshape(code.to(tl.uint32), (BN, H // 4, 2, 2))              # [.., byte bit 1, byte bit 0]
     even, odd = tl.split(q)
     b0, b2 = tl.split(even)
     b1, b3 = tl.split(odd)
-    word = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)                      # [BN, BK/8]
-    w0 = word & _SPREAD_MASK                                             # codes 0, 2
-    w1 = _rotl(word, _SPREAD_ROT1) & _SPREAD_MASK                        # codes 4, 6
-    w2 = _rotl(word, _SPREAD_ROT2) & _SPREAD_MASK                        # codes 1, 3
-    w3 = (_rotl(word, _SPREAD_ROT3A) & _SPREAD_MASK3A) | (_rotl(word, _SPREAD_ROT3B) & _SPREAD_MASK3B)  # 5, 7
-    p0 = _half_code(w0, 0) | (_half_code(w2, 0) << 4)                  # plain byte j = code 2j | code 2j+1
-    p1 = _half_code(w0, 16) | (_half_code(w2, 16) << 4)
-    p2 = _half_code(w1, 0) | (_half_code(w3, 0) << 4)
-    p3 = _half_code(w1, 16) | (_half_code(w3, 16) << 4)
-    return tl.reshape(tl.join(tl.join(p0, p2), tl.join(p1, p3)), (BN, BK // 2)).to(tl.uint8)
+    word = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)                      # [BN, H/4] groups
+    w0 = word & _SPREAD_MASK
+    w1 = _rotl(word, _SPREAD_ROT1) & _SPREAD_MASK
+    w2 = _rotl(word, _SPREAD_ROT2) & _SPREAD_MASK
+    w3 = (_rotl(word, _SPREAD_ROT3A) & _SPREAD_MASK3A) | (_rotl(word, _SPREAD_ROT3B) & _SPREAD_MASK3B)
+    lo = _quad(_half_code(w0, 0), _half_code(w0, 16), _half_code(w1, 0), _half_code(w1, 16), BN, H)
+    hi = _quad(_half_code(w2, 0), _half_code(w2, 16), _half_code(w3, 0), _half_code(w3, 16), BN, H)
+    return lo, hi
+
+
+@triton.jit
+def _per_byte(scale, BN: tl.constexpr, H: tl.constexpr):
+    """[BN, H/16] block scales -> [BN, H], each repeated for its 16 inputs."""
+    return tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, H // 16, 16)), (BN, H))
+
+
+@triton.jit
+def _e2m1_f16(c):
+    """E2M1 codes -> float16 values times 2**-14 (exact, see the module docstring)."""
+    c = c.to(tl.int16)
+    return (((c & 7) << 9) | ((c & 8) << 12)).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _spread_decode(code, s_lo, s_hi, gs, BN: tl.constexpr, H: tl.constexpr, W_DTYPE: tl.constexpr,
+                   ASM: tl.constexpr):
+    """One spread chunk: code bytes [BN, H] and each half's block-scale bytes [BN, H/16] -> the low-half and
+    high-half weights [BN, H] in W_DTYPE. bf16 activations: gs is the global scale's mantissa and the
+    weights come out times 2**-(its exponent + 9) (the kernel multiplies the accumulator back)."""
+    if ASM and W_DTYPE == tl.bfloat16:
+        sl = _per_byte(_block_scale(s_lo, gs, FMT_NVFP4_SPREAD, _SPREAD_ASM_FACTOR).to(tl.bfloat16), BN, H)
+        sh = _per_byte(_block_scale(s_hi, gs, FMT_NVFP4_SPREAD, _SPREAD_ASM_FACTOR).to(tl.bfloat16), BN, H)
+        lo, hi = _e2m1_spread_asm(code, sl, sh)
+    else:
+        if W_DTYPE == tl.bfloat16:
+            sl = _block_scale(s_lo, gs, FMT_NVFP4_SPREAD, _SPREAD_TL_FACTOR)
+            sh = _block_scale(s_hi, gs, FMT_NVFP4_SPREAD, _SPREAD_TL_FACTOR)
+        else:
+            sl = _block_scale(s_lo, gs, FMT_NVFP4_SPREAD, 16384.0)
+            sh = _block_scale(s_hi, gs, FMT_NVFP4_SPREAD, 16384.0)
+        c_lo, c_hi = _spread_codes(code, BN, H)
+        lo = (_e2m1_f16(c_lo).to(tl.float32) * _per_byte(sl, BN, H)).to(W_DTYPE)
+        hi = (_e2m1_f16(c_hi).to(tl.float32) * _per_byte(sh, BN, H)).to(W_DTYPE)
+    return lo, hi
+
+
+@triton.jit
+def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, K, N, gs, stride_wk, stride_wn, stride_sk,
+                 stride_sn, BLOCK_N: tl.constexpr, BK: tl.constexpr, W_VEC: tl.constexpr, S_VEC: tl.constexpr,
+                 W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
+                 SWAP_AB: tl.constexpr):
+    """acc += A[:, k0:k0+BK] @ W[k0:k0+BK, :] for one chunk of spread storage (BK = 128, or the 64 tail): its
+    BK/2 code bytes decode to two operand tiles, inputs k0.. and k0+BK/2.., each its own dot, so the decoded
+    registers feed the tensor cores without being regrouped. The chunk's block scales are one tile, stored in
+    (low, high) pairs; its loads are cp.async copies Triton pipelines (4 bytes or more a thread), the K
+    bounds tested in whole vectors as in `_load_weight`."""
+    H: tl.constexpr = BK // 2
+    nmask = (n < N)[:, None]
+    rows = tl.multiple_of(k0 // 2, H) + tl.arange(0, H)                           # code bytes of the chunk
+    code = tl.load(w_base + n[:, None] * stride_wn + rows[None, :] * stride_wk,
+                   mask=nmask & (rows // W_VEC < K // 2 // W_VEC)[None, :], other=0)
+    g = tl.multiple_of(k0 // 16, BK // 16) + tl.arange(0, BK // 16)   # block scales, (low, high) pairs
+    s = tl.load(s_base + n[:, None] * stride_sn + g[None, :] * stride_sk,
+                mask=nmask & (g // S_VEC < K // 16 // S_VEC)[None, :], other=0)
+    s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BK // 32, 2)))
+    cols = k0 + tl.arange(0, H)
+    a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None] & (cols < K)[None, :], other=0.0).to(DOT_DTYPE)
+    a_hi = tl.load(a_base + H + cols[None, :], mask=valid[:, None] & (cols + H < K)[None, :],
+                   other=0.0).to(DOT_DTYPE)
+    lo, hi = _spread_decode(code, s_lo, s_hi, gs, BLOCK_N, H, W_DTYPE, ASM)
+    if SWAP_AB:
+        acc = tl.dot(lo.to(DOT_DTYPE), tl.trans(a_lo), acc, input_precision=PRECISION)
+        acc = tl.dot(hi.to(DOT_DTYPE), tl.trans(a_hi), acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(a_lo, tl.trans(lo.to(DOT_DTYPE)), acc, input_precision=PRECISION)
+        acc = tl.dot(a_hi, tl.trans(hi.to(DOT_DTYPE)), acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
@@ -314,11 +387,6 @@ def _decode_weight(first, second, gs, FMT: tl.constexpr, GROUP: tl.constexpr, BK
     for MXFP4 and power-of-two NVFP4 scales, else within one bf16 rounding of the reference)."""
     if FMT == FMT_BF16:
         w = first.to(W_DTYPE)
-    elif FMT == FMT_NVFP4_SPREAD and ASM and W_DTYPE == tl.bfloat16:
-        scale = _block_scale(second, gs, FMT, _SPREAD_ASM_FACTOR).to(tl.bfloat16)
-        scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
-        lo, hi = _e2m1_spread_asm(first, scale)
-        w = tl.reshape(tl.join(lo, hi), (BN, BK))
     elif ASM and LUT and W_DTYPE == tl.bfloat16:
         scale = _block_scale(second, gs, FMT, 1.0).to(tl.bfloat16)
         scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
@@ -330,12 +398,7 @@ def _decode_weight(first, second, gs, FMT: tl.constexpr, GROUP: tl.constexpr, BK
         lo, hi = _e2m1_bf16_asm(first, scale)
         w = tl.reshape(tl.join(lo, hi), (BN, BK))
     else:
-        if FMT == FMT_NVFP4_SPREAD:
-            first = _spread_to_plain(first, BN, BK)
-        if FMT == FMT_NVFP4_SPREAD and W_DTYPE == tl.bfloat16:  # gs is the mantissa only (see the kernel)
-            scale = _block_scale(second, gs, FMT, _SPREAD_TL_FACTOR)
-        else:
-            scale = _block_scale(second, gs, FMT, 16384.0)                   # [BN, BK/GROUP], * 2**14
+        scale = _block_scale(second, gs, FMT, 16384.0)                       # [BN, BK/GROUP], * 2**14
         scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
         if ASM:
             lo, hi = _e2m1_halves_asm(first)
@@ -407,11 +470,22 @@ def _expert_gemm_kernel(
         acc_t = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     else:
         acc_t = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):  # loads pipelined num_stages deep by Triton (cp.async)
-        raw0, raw1 = _load_weight(w_base, s_base, k0, n, k_hi, N, stride_wk, stride_wn, stride_sk,
-                                  stride_sn, FMT, GROUP, BLOCK_K, W_VEC, S_VEC)
-        acc_t = _k_step(acc_t, a_base, valid, raw0, raw1, k0, k_hi, gs, FMT, GROUP, BLOCK_M, BLOCK_N,
-                        BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM, BF16_SCALE, LUT, SWAP_AB)
+    if FMT == FMT_NVFP4_SPREAD:  # BLOCK_K = the storage chunk (128); K % 128 == 64 leaves a 64-input tail
+        k_full = k_lo + (k_hi - k_lo) // BLOCK_K * BLOCK_K
+        for k0 in range(k_lo, k_full, BLOCK_K):  # loads pipelined num_stages deep by Triton (cp.async)
+            acc_t = _spread_step(acc_t, a_base, valid, w_base, s_base, n, k0, k_hi, N, gs, stride_wk, stride_wn,
+                                 stride_sk, stride_sn, BLOCK_N, BLOCK_K, W_VEC, S_VEC, W_DTYPE, DOT_DTYPE,
+                                 PRECISION, ASM, SWAP_AB)
+        if k_full < k_hi:
+            acc_t = _spread_step(acc_t, a_base, valid, w_base, s_base, n, k_full, k_hi, N, gs, stride_wk,
+                                 stride_wn, stride_sk, stride_sn, BLOCK_N, BLOCK_K // 2, W_VEC, S_VEC, W_DTYPE,
+                                 DOT_DTYPE, PRECISION, ASM, SWAP_AB)
+    else:
+        for k0 in range(k_lo, k_hi, BLOCK_K):  # loads pipelined num_stages deep by Triton (cp.async)
+            raw0, raw1 = _load_weight(w_base, s_base, k0, n, k_hi, N, stride_wk, stride_wn, stride_sk,
+                                      stride_sn, FMT, GROUP, BLOCK_K, W_VEC, S_VEC)
+            acc_t = _k_step(acc_t, a_base, valid, raw0, raw1, k0, k_hi, gs, FMT, GROUP, BLOCK_M, BLOCK_N,
+                            BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM, BF16_SCALE, LUT, SWAP_AB)
     if SWAP_AB:
         acc = tl.trans(acc_t)
     else:
