@@ -50,9 +50,11 @@ bench: setup-test
 bench-gpu: setup-test
 	$(BIN)/python bench/bench_gpu.py --out build/bench_gpu.json
 
-# The MoE GEMMs compiled for sm_90 on this machine (no GPU): K-loop SASS per weight, pipelined loads.
+# The MoE GEMMs compiled for sm_90 on this machine (no GPU): K-loop SASS per weight, pipelined loads,
+# for the k_major storage and its spread form.
 bench-static: setup-test
 	$(BIN)/python bench/moe_static.py --batch 1 32 128
+	$(BIN)/python bench/moe_static.py --batch 1 32 128 --spread
 
 # Regenerate the checked-in recipe catalog (recipes/catalog/<model>/<gpu>/<isl>k<osl>k_<profile>/).
 recipes: setup

@@ -6,7 +6,10 @@ so its loading is tested on CPU.
 
 Storage: codes [E, out, in/2] u8 and block scales [E, out, in/16] E4M3, input-fastest with every row
 starting on a 16-byte boundary (`ProjectionTensors.k_major`: the layout the kernel decodes and
-pipelines best); the scale rows are allocated padded and sliced when the kernel is called.
+pipelines best); the scale rows are allocated padded and sliced when the kernel is called. With
+`spread=True` the rows are stored in the kernel's own order instead (`k_major(spread=True)`, weight format
+`nvfp4_spread`: about a third fewer decode instructions, see `plugins.moe.e2m1_spread`); TensorRT-LLM's
+model takes it from TRTKIT_MOE_STORAGE=spread (`plugins.trtllm_gptoss.modeling`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import torch
 
 import plugins.ops  # registers torch.ops.trtkit.moe
+from plugins.moe import e2m1_spread
 from plugins.moe.tensors import ROW_ALIGN, MoeTensors, ProjectionTensors, WeightFormat
 
 PROJECTIONS = ("gate_up_proj", "down_proj")
@@ -35,9 +39,12 @@ class TrtkitMoE(torch.nn.Module):
     """All experts of one layer; forward(x [N, H], router_logits [N, E]) -> [N, H] in x's dtype."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int, top_k: int, limit: float,
-                 alpha: float, device: torch.device | str | None = None):
+                 alpha: float, device: torch.device | str | None = None, spread: bool = False):
         super().__init__()
-        self.top_k, self.limit, self.alpha = top_k, limit, alpha
+        if spread and (hidden % e2m1_spread.TAIL or intermediate % e2m1_spread.TAIL):
+            raise ValueError(f"trtkit MoE: spread storage needs hidden and intermediate sizes that are multiples "
+                             f"of {e2m1_spread.TAIL}, got {hidden} and {intermediate}; use spread=False")
+        self.top_k, self.limit, self.alpha, self.spread = top_k, limit, alpha, spread
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.in_features = {"gate_up_proj": hidden, "down_proj": intermediate}
         out = {"gate_up_proj": 2 * intermediate, "down_proj": hidden}
@@ -71,12 +78,19 @@ class TrtkitMoE(torch.nn.Module):
                     if tuple(src.shape) != want or src.dtype != p.dtype:
                         raise ValueError(f"trtkit MoE: mlp.experts.{key} is {src.dtype} {tuple(w[key].shape)}; "
                                          f"expected {p.dtype} with [E, in/x, out] = {(want[0], want[2], want[1])}")
+                    if self.spread:  # the kernel's order along the input axis (the last one here)
+                        src = e2m1_spread.spread(src, -1) if suffix == "" else e2m1_spread.spread_scales(src, -1)
                     p.data[..., :src.shape[-1]].copy_(src)
                 else:
                     if tuple(src.shape) != tuple(p.shape):
                         raise ValueError(f"trtkit MoE: mlp.experts.{key} has shape {tuple(src.shape)}; "
                                          f"expected {tuple(p.shape)}")
                     p.data.copy_(src.to(p.dtype))
+        f32 = torch.finfo(torch.float32)
+        gs = [float(getattr(self, f"{name}_weight_scale_2")) for name in PROJECTIONS]
+        if self.spread and not all(f32.tiny <= v <= f32.max for v in gs):
+            raise ValueError(f"trtkit MoE: weight_scale_2 {gs} must be positive normal float32 values for the "
+                             "spread storage; use spread=False")
 
     def tensors(self) -> MoeTensors:
         """The layer as the kernels take it (logical [E, in/x, out] views of the row storage)."""
@@ -84,7 +98,8 @@ class TrtkitMoE(torch.nn.Module):
         for name, n_in in self.in_features.items():
             codes = getattr(self, name)[..., :n_in // 2]
             scale = getattr(self, f"{name}_weight_scale")[..., :n_in // 16]
-            proj[name] = ProjectionTensors(WeightFormat.NVFP4, codes.mT, scale.mT, getattr(self, f"{name}_weight_scale_2"))
+            fmt = WeightFormat.NVFP4_SPREAD if self.spread else WeightFormat.NVFP4
+            proj[name] = ProjectionTensors(fmt, codes.mT, scale.mT, getattr(self, f"{name}_weight_scale_2"))
         return MoeTensors(proj["gate_up_proj"], self.gate_up_proj_bias, proj["down_proj"], self.down_proj_bias)
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor, **_: object) -> torch.Tensor:

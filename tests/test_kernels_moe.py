@@ -80,16 +80,21 @@ def truth(w: ExpertWeights, dtype: torch.dtype) -> ExpertWeights:
                          w.down_bias.to(dtype).float())
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_fused_moe_float32_matches_reference(shape, fmt):
-    n, e, k, h, i = SHAPES[shape]
-    g = torch.Generator().manual_seed(len(shape) * 10 + FORMATS.index(fmt))
+def assert_float32_matches_reference(dims: tuple, fmt: str, seed: int, config=None) -> None:
+    """fused_moe on a random layer of `dims` (N, E, top_k, H, I) stored as `fmt` against the reference."""
+    n, e, k, h, i = dims
+    g = torch.Generator().manual_seed(seed)
     router, w = make_layer(e, h, i, fmt, g)
     x = torch.randn(n, h, generator=g)
     ref = moe(x, router, w, k)
-    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, fmt), k)
+    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, fmt), k, config=config)
     torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_moe_float32_matches_reference(shape, fmt):
+    assert_float32_matches_reference(SHAPES[shape], fmt, len(shape) * 10 + FORMATS.index(fmt))
 
 
 def distinct_logits(n: int, e: int, g: torch.Generator) -> torch.Tensor:
@@ -116,14 +121,7 @@ def test_fused_moe_bfloat16_within_bf16_precision(shape, fmt):
 
 
 def test_split_k_and_small_tiles_match():
-    n, e, k, h, i = SHAPES["decode-2tok-e32-k4-padded"]
-    g = torch.Generator().manual_seed(3)
-    router, w = make_layer(e, h, i, "nvfp4", g)
-    x = torch.randn(n, h, generator=g)
-    ref = moe(x, router, w, k)
-    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, "nvfp4"), k,
-                          config=SPLIT_K_CONFIG)
-    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+    assert_float32_matches_reference(SHAPES["decode-2tok-e32-k4-padded"], "nvfp4", 3, SPLIT_K_CONFIG)
 
 
 @pytest.mark.parametrize("n,e,k,one_program", [
@@ -173,13 +171,7 @@ def test_rejects_bad_arguments():
 ], ids=["swap-splitk3", "swap-fill8"])
 def test_swap_ab_configs(fmt, config):
     """The swapped-operand decode path (the GPU default) against the reference, float32."""
-    n, e, k, h, i = SHAPES["decode-2tok-e32-k4-padded"]
-    g = torch.Generator().manual_seed(3)
-    router, w = make_layer(e, h, i, fmt, g)
-    x = torch.randn(n, h, generator=g)
-    ref = moe(x, router, w, k)
-    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, fmt), k, config=config)
-    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+    assert_float32_matches_reference(SHAPES["decode-2tok-e32-k4-padded"], fmt, 3, config)
 
 
 @pytest.mark.parametrize("config", [None, SPLIT_K_CONFIG, fused.MoeConfig(16, 64, 32, split_k=2, swap_ab=True)],
@@ -188,14 +180,7 @@ def test_swap_ab_configs(fmt, config):
 def test_spread_storage_float32_matches_reference(shape, config):
     """Spread storage: 128-input chunks, the 64-input tail, split-K boundaries on chunks (block_k is forced
     to 128: split_k 3 of 192 inputs gives a chunk and a tail program), both operand orders."""
-    n, e, k, h, i = SPREAD_SHAPES[shape]
-    g = torch.Generator().manual_seed(len(shape))
-    router, w = make_layer(e, h, i, "nvfp4", g)
-    x = torch.randn(n, h, generator=g)
-    ref = moe(x, router, w, k)
-    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), tensors(w, "nvfp4-spread"), k,
-                          config=config)
-    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+    assert_float32_matches_reference(SPREAD_SHAPES[shape], "nvfp4-spread", len(shape), config)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # sigmoid of the 2**30-scaled gates

@@ -73,3 +73,37 @@ def test_refuses_wrong_tensors(tiny_nvfp4):
         m.load_weights([{**w, "gate_up_proj_blocks": w["gate_up_proj"]}])
     with pytest.raises(ValueError, match=r"mlp.experts.down_proj is torch.uint8 .*expected torch.uint8 with"):
         m.load_weights([{**w, "down_proj": w["down_proj"].mT.contiguous()[:, :-1]}])
+
+
+def random_checkpoint_experts(e: int, h: int, i: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """One layer's `mlp.experts.*` tensors in the Model Optimizer NVFP4 layout, random codes and scales."""
+    w = {}
+    for name, (n_in, n_out) in {"gate_up_proj": (h, 2 * i), "down_proj": (i, h)}.items():
+        w[name] = torch.randint(0, 256, (e, n_in // 2, n_out), dtype=torch.uint8, generator=g)
+        w[name + "_weight_scale"] = (torch.rand(e, n_in // 16, n_out, generator=g) * 4 + 0.1).to(torch.float8_e4m3fn)
+        w[name + "_weight_scale_2"] = torch.tensor(0.003)
+        w[name + "_bias"] = torch.randn(e, n_out, generator=g).to(torch.bfloat16)
+    return w
+
+
+def test_spread_storage_loads_and_matches_the_reference():
+    """spread=True (TRTKIT_MOE_STORAGE=spread in TensorRT-LLM): the rows are stored in the kernel's order and
+    handed over as nvfp4_spread; the op's CPU reference undoes it, so the output equals the checkpoint's."""
+    e, h, i, k = 4, 192, 128, 2
+    g = torch.Generator().manual_seed(0)
+    w = random_checkpoint_experts(e, h, i, g)
+    x = torch.randn(5, h, generator=g).to(torch.bfloat16)
+    logits = torch.randn(5, e, generator=g).to(torch.bfloat16)
+    outs = {}
+    for spread in (False, True):
+        m = TrtkitMoE(e, h, i, k, 7.0, 1.702, device="cpu", spread=spread)
+        m.load_weights([w])
+        assert m.tensors().gate_up.fmt is (WeightFormat.NVFP4_SPREAD if spread else WeightFormat.NVFP4)
+        outs[spread] = m(x=x, router_logits=logits)
+    assert torch.equal(outs[True], outs[False])
+    with pytest.raises(ValueError, match="multiples of 64, got 192 and 96"):
+        TrtkitMoE(e, h, 96, k, 7.0, 1.702, device="cpu", spread=True)
+    w["down_proj_weight_scale_2"] = torch.tensor(0.0)
+    m = TrtkitMoE(e, h, i, k, 7.0, 1.702, device="cpu", spread=True)
+    with pytest.raises(ValueError, match="positive normal float32"):
+        m.load_weights([w])

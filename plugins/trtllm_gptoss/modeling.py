@@ -7,6 +7,7 @@ hands a module that is not its own MoE class the checkpoint tensors untouched th
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -14,6 +15,9 @@ from tensorrt_llm._torch.models import modeling_gpt_oss
 from tensorrt_llm._torch.models.modeling_utils import register_auto_model
 
 from plugins.moe_layer import TrtkitMoE
+
+# expert storage of TrtkitMoE (TRTKIT_MOE_STORAGE): kmajor (default) or spread, the kernel's own order
+STORAGES = ("kmajor", "spread")
 
 
 def _experts_factory(**moe_params) -> TrtkitMoE:
@@ -23,9 +27,12 @@ def _experts_factory(**moe_params) -> TrtkitMoE:
     if mapping.world_size != 1:
         raise ValueError(f"trtkit MoE plugin: one GPU per model instance (world size {mapping.world_size}); "
                          "serve more replicas, or drop --custom_module_dirs to use TensorRT-LLM's MoE")
+    storage = os.environ.get("TRTKIT_MOE_STORAGE", "kmajor")
+    if storage not in STORAGES:
+        raise ValueError(f"TRTKIT_MOE_STORAGE={storage!r} must be one of {STORAGES}")
     return TrtkitMoE(moe_params["num_experts"], moe_params["hidden_size"], moe_params["intermediate_size"],
                      cfg.num_experts_per_tok, float(getattr(cfg, "swiglu_limit", 7.0)),
-                     float(getattr(cfg, "swiglu_alpha", 1.702)))
+                     float(getattr(cfg, "swiglu_alpha", 1.702)), spread=storage == "spread")
 
 
 @contextmanager
