@@ -147,11 +147,23 @@ def _compile_child() -> None:
     start = ir.index("scf.for")
     loop_ir = ir[start:ir.index("scf.yield", start)]
     ops = _loop_ops(_sass(c.asm["cubin"]))
-    json.dump({"regs": getattr(c.metadata, "n_regs", None) or _regs(c.asm["cubin"]),
+    json.dump({"asm_run": _asm_run(ir),
+               "regs": getattr(c.metadata, "n_regs", None) or _regs(c.asm["cubin"]),
                "shared_bytes": c.metadata.shared,
                "loop_sync_loads": len(re.findall(r"\btt\.load\b", loop_ir)),
                "loop_async_copies": loop_ir.count("async_copy_global_to_local"),
                "loop_sass": ops}, sys.stdout)
+
+
+def _asm_run(ttgir: str) -> int | None:
+    """The fewest consecutive elements one thread holds along the last axis of any inline-asm decode's
+    operands (their layouts' sizePerThread): the spread decode reads 4 consecutive code bytes as one stored
+    group, so it needs this to be a multiple of 4. None when the kernel has no inline asm."""
+    layouts = dict(re.findall(r"^(#\w+) = #ttg\.blocked<\{sizePerThread = \[([\d, ]+)\]", ttgir, re.M))
+    runs = [int(layouts[name].split(",")[-1])
+            for line in ttgir.splitlines() if "tt.elementwise_inline_asm" in line
+            for name in re.findall(r"tensor<[^>]*, (#\w+)>", line.split(" -> ")[0]) if name in layouts]
+    return min(runs) if runs else None
 
 
 def _tool(name: str) -> str:
@@ -205,7 +217,7 @@ def summarize(launch: dict, stats: dict) -> dict:
     def count(*prefixes: str) -> int:
         return sum(n for op, n in ops.items() if op.startswith(prefixes))
 
-    return {"kernel": "gate_up" if args["GATE_UP"][1] else "down", "regs": stats["regs"],
+    return {"kernel": "gate_up" if args["GATE_UP"][1] else "down", "asm_run": stats["asm_run"], "regs": stats["regs"],
             "shared_kib": round(stats["shared_bytes"] / 1024, 1), "loop_instructions": total,
             "per_weight": round(total / weights_per_thread, 2),
             "sync_loads_in_loop": stats["loop_sync_loads"], "async_copies_in_loop": stats["loop_async_copies"],

@@ -57,3 +57,6 @@ def test_spread_storage_decodes_in_fewer_instructions(layer):
     assert spread["async_copies_in_loop"] >= 4, spread   # codes, scales, two activation halves
     assert spread["loop_instructions"] <= 0.75 * plain["loop_instructions"], rows
     assert spread["barriers_in_loop"] < plain["barriers_in_loop"], rows
+    # the PTX reads 4 consecutive code bytes of a thread as one stored group (pack=4): its operands must
+    # be laid out in runs of a multiple of 4 along K (sizePerThread), the loop's chunk and the tail's alike
+    assert spread["asm_run"] is not None and spread["asm_run"] % 4 == 0, spread
