@@ -78,6 +78,15 @@ def test_spread_round_trips_along_any_dim():
     assert torch.equal(e2m1_spread.unspread(y, 1), x)
 
 
+def test_conversion_in_row_blocks_is_the_same(monkeypatch):
+    """Large layers are converted a block of rows at a time (bounded temporaries): blocks of any size agree."""
+    x = torch.randint(0, 256, (3, 96, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    whole = e2m1_spread.spread(x, 1)
+    monkeypatch.setattr(e2m1_spread, "_BLOCK_BYTES", 200)   # two rows of 96 bytes a block
+    assert torch.equal(e2m1_spread.spread(x, 1), whole)
+    assert torch.equal(e2m1_spread.unspread(whole, 1), x)
+
+
 def test_inputs_must_be_a_multiple_of_64():
     with pytest.raises(ValueError, match="multiple of 64 inputs"):
         e2m1_spread.spread(torch.zeros(2, 48, dtype=torch.uint8), 1)   # 96 inputs

@@ -120,32 +120,53 @@ def _from_groups(groups: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def spread(codes: torch.Tensor, dim: int) -> torch.Tensor:
-    """Packed E2M1 codes in the checkpoint's order (input 2j in the low nibble of byte j along dim) -> the
-    spread order, same shape; the result is contiguous with dim fastest."""
-    _check(codes, dim)
+_BLOCK_BYTES = 1 << 24  # code bytes converted at a time: the temporaries are ~10x that (gpt-oss-120b's
+                       # gate_up is 1 GiB of codes a layer; converting it whole would need ~10 GiB more)
+
+
+def _by_row_blocks(codes: torch.Tensor, dim: int, fn) -> torch.Tensor:
+    """fn over [rows, L] blocks of codes (dim moved last, leading dims flattened), into one contiguous
+    result with dim fastest, bounded temporaries."""
     x = codes.movedim(dim, -1)
-    nibbles = torch.stack([x & 0xF, x >> 4], dim=-1).flatten(-2)                  # [..., K]
-    groups = _to_groups(nibbles).to(torch.int32)                                  # [..., K/8, 8]
-    word = torch.zeros(groups.shape[:-1], dtype=torch.int32, device=codes.device)
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.empty(flat.shape, dtype=torch.uint8, device=codes.device)
+    step = max(1, _BLOCK_BYTES // max(1, flat.shape[1]))
+    for r in range(0, flat.shape[0], step):
+        out[r:r + step] = fn(flat[r:r + step])
+    return out.view(x.shape).movedim(-1, dim)
+
+
+def _spread_rows(x: torch.Tensor) -> torch.Tensor:
+    nibbles = torch.stack([x & 0xF, x >> 4], dim=-1).flatten(-2)                  # [R, K]
+    groups = _to_groups(nibbles).to(torch.int32)                                  # [R, K/8, 8]
+    word = torch.zeros(groups.shape[:-1], dtype=torch.int32, device=x.device)
     for c, row in enumerate(SOURCE_BIT):
         for b, at in enumerate(row):
             word |= ((groups[..., c] >> b) & 1) << at                             # bit 31: int32 wraps
-    return word.contiguous().view(torch.uint8).view(x.shape).movedim(-1, dim)
+    return word.view(torch.uint8).view(x.shape)
+
+
+def _unspread_rows(x: torch.Tensor) -> torch.Tensor:
+    word = x.contiguous().view(torch.int32)                                       # [R, K/8]
+    groups = torch.zeros(*word.shape, 8, dtype=torch.int32, device=x.device)
+    for c, row in enumerate(SOURCE_BIT):
+        for b, at in enumerate(row):
+            groups[..., c] |= ((word >> at) & 1) << b
+    nibbles = _from_groups(groups).to(torch.uint8)                                # [R, K]
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def spread(codes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Packed E2M1 codes in the checkpoint's order (input 2j in the low nibble of byte j along dim) -> the
+    spread order, same shape, contiguous with dim fastest; converted a block of rows at a time."""
+    _check(codes, dim)
+    return _by_row_blocks(codes, dim, _spread_rows)
 
 
 def unspread(codes: torch.Tensor, dim: int) -> torch.Tensor:
     """The inverse of `spread`."""
     _check(codes, dim)
-    x = codes.movedim(dim, -1).contiguous()
-    word = x.view(torch.int32)                                                    # [..., K/8]
-    groups = torch.zeros(*word.shape, 8, dtype=torch.int32, device=codes.device)
-    for c, row in enumerate(SOURCE_BIT):
-        for b, at in enumerate(row):
-            groups[..., c] |= ((word >> at) & 1) << b
-    nibbles = _from_groups(groups).to(torch.uint8)                                # [..., K]
-    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).movedim(-1, dim)
-
+    return _by_row_blocks(codes, dim, _unspread_rows)
 
 def _scale_order(blocks: int) -> torch.Tensor:
     """stored block i = plain block order[i]: per chunk (8 blocks; the tail 4) low-half and high-half blocks
