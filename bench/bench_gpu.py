@@ -261,7 +261,7 @@ def moe_sweep(layers: list[MoeTensors], batch: int, g: torch.Generator) -> moe_f
     return best[1]
 
 
-def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float, g) -> dict:
+def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float, g, baseline: bool = True) -> dict:
     e = layers[0].gate_up.num_experts
     x = torch.randn(n, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
     logits = [torch.randn(n, e, device=DEV, generator=g) for _ in layers]
@@ -275,7 +275,7 @@ def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float
     prev = min(timed[c] for c in PREV_CONFIGS)
     eager = time_ms(partial(_run_layers, x, logits, layers, cfg), reps=20) / len(layers)
     base = time_ms(partial(_run_reference, x, logits, [t.to_weights() for t in layers]), reps=5,
-                   warmup=1) / len(layers)
+                   warmup=1) / len(layers) if baseline else float("nan")
     per_expert = (layers[0].gate_up.nbytes + layers[0].down.nbytes) / e
     gb_s = active * per_expert / ours / 1e6
     return {"shape": shape, "batch": n, "active_experts": round(active, 1),
@@ -283,8 +283,9 @@ def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float
             "us_eager": round(eager * 1e3, 1), "weight_gb_s": round(gb_s),
             "frac_copy_bw": round(gb_s / copy_gb_s, 3), "us_graph_prev_configs": round(prev * 1e3, 1),
             "frac_copy_bw_prev_configs": round(active * per_expert / prev / 1e6 / copy_gb_s, 3),
-            "us_dequant_baseline": round(base * 1e3),
-            "speedup_vs_baseline": round(base / eager, 1), "config": str(cfg)}
+            "us_dequant_baseline": round(base * 1e3) if baseline else None,
+            "speedup_vs_baseline": round(base / eager, 1) if baseline else None,
+            "config": str(moe_fused.config_for(cfg, layers[0]))}
 
 
 def kernel_breakdown(layers: list[MoeTensors], n: int, cfg, g: torch.Generator, calls: int = 10) -> dict:
@@ -309,8 +310,11 @@ def kernel_breakdown(layers: list[MoeTensors], n: int, cfg, g: torch.Generator, 
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def bench_moe(copy_gb_s: float, g: torch.Generator) -> dict:
-    results = {"rows": []}
+def bench_moe(copy_gb_s: float, g: torch.Generator, results: dict, save, storages: list[str]) -> None:
+    """Fills results (rows, spread_rows, nmajor_rows, config, kernel_us_per_layer), saving after each row.
+    storages: kmajor (`k_major()`, with the sweep and the dequantize baseline) and/or spread
+    (`k_major(spread=True)`: the same weights in the kernel's order, timed with the same configs)."""
+    results.setdefault("rows", [])
     cfgs: list = []
     for shape, e in SHAPES.items():
         n_layers = 2 if e == 128 else 6  # > 2.5 GB of distinct weights per replay
@@ -322,23 +326,25 @@ def bench_moe(copy_gb_s: float, g: torch.Generator) -> dict:
             except Exception as exc:  # noqa: BLE001
                 results["kernel_us_per_layer"] = f"profiler failed: {exc!r}"
             print(f"  moe kernels (us per layer, {shape}) {results['kernel_us_per_layer']}", flush=True)
-        for n in (1, 8, 32, 128):
+        for n in (1, 8, 32, 128) if "kmajor" in storages else ():
             row = moe_row(shape, layers, n, cfgs, copy_gb_s, g)
             results["rows"].append(row)
             print(f"  moe {row}", flush=True)
-        spread = [t.k_major(spread=True) for t in layers]  # the kernel's bit order, same weights
-        results.setdefault("spread_rows", []).extend(moe_row(shape, spread, n, cfgs, copy_gb_s, g)
-                                                      for n in (1, 8, 32, 128))
-        print(f"  moe spread storage {results['spread_rows'][-4:]}", flush=True)
+            save()
+        spread = [t.k_major(spread=True) for t in layers] if "spread" in storages else []
+        for n in (1, 8, 32, 128) if spread else ():  # same weights in the kernel's order; same baseline
+            row = {**moe_row(shape, spread, n, cfgs, copy_gb_s, g, baseline=False), "storage": "spread"}
+            results.setdefault("spread_rows", []).append(row)
+            print(f"  moe spread storage {row}", flush=True)
+            save()
         spread.clear()
-        if shape == "gpt-oss-120b":  # the checkpoint's own (N-major) NVFP4 storage, for comparison
+        if shape == "gpt-oss-120b" and "kmajor" in storages:  # the checkpoint's own (N-major) storage
             layers = [random_layer(e, HIDDEN, INTER, "nvfp4-nmajor", g) for _ in range(n_layers)]
             results["nmajor_rows"] = [moe_row(shape, layers, n, cfgs, copy_gb_s, g) for n in (1, 32)]
             print(f"  moe N-major storage {results['nmajor_rows']}", flush=True)
         layers.clear()
         torch.cuda.empty_cache()
     results["config"] = " / ".join(map(str, cfgs))
-    return results
 
 
 # ---- attention -----------------------------------------------------------------------------------
@@ -449,6 +455,9 @@ def print_tables(r: dict) -> None:
         print(f"{m['shape']:14s} {m['batch']:5d} {m['active_experts']:8.1f} {m['weight_mb']:6.1f} "
               f"{m['us_graph']:9.1f} {m['us_eager']:9.1f} {m['weight_gb_s']:6d} {m['frac_copy_bw']:9.3f} "
               f"{m['us_dequant_baseline']:12d} {m['speedup_vs_baseline']:7.1f}")
+    for m in r["moe"].get("spread_rows", []):
+        print(f"{m['shape']:14s} {m['batch']:5d} {m['active_experts']:8.1f} {m['weight_mb']:6.1f} "
+              f"{m['us_graph']:9.1f} {m['us_eager']:9.1f} {m['weight_gb_s']:6d} {m['frac_copy_bw']:9.3f}  (spread)")
     a = r["attention"]
     print(f"attention prefill (config {a['config']})")
     print("tokens  window  ms       TFLOP/s  frac_matmul  sdpa_ms  speed_vs_sdpa")
@@ -468,6 +477,8 @@ def main() -> None:
                     help="comma list of check, check-moe (MoE cases only), moe, attention")
     ap.add_argument("--quick", action="store_true",
                     help="MoE sweep over the previous table's configs and the swap_ab ones only")
+    ap.add_argument("--storage", default="kmajor,spread",
+                    help="MoE expert storages to time: kmajor (k_major(), with the baseline) and/or spread")
     args = ap.parse_args()
     global QUICK
     QUICK = args.quick
@@ -490,7 +501,8 @@ def main() -> None:
         print(f"  check {row}", flush=True)
     save()
     if "moe" in todo:
-        r["moe"] = bench_moe(r["ceilings"]["copy_gb_s"], g)
+        r["moe"] = {}
+        bench_moe(r["ceilings"]["copy_gb_s"], g, r["moe"], save, args.storage.split(","))
         save()
     if "attention" in todo:
         r["attention"] = bench_attention(r["ceilings"]["bf16_matmul_tflops"], r["ceilings"]["copy_gb_s"], g)
@@ -501,8 +513,9 @@ def main() -> None:
         bad = [x for x in r["check"] if not x["ok"]]
         print(f"\ncheck: {len(r['check']) - len(bad)}/{len(r['check'])} ok" + (f"; FAILED {bad}" if bad else ""))
         print(f"MoE decode, configs {r['moe']['config']}; copy {r['ceilings']['copy_gb_s']:.0f} GB/s")
-        for m in r["moe"]["rows"]:
-            print(f"{m['shape']:14s} {m['batch']:4d} {m['active_experts']:6.1f} {m['weight_mb']:7.1f} MB "
+        for m in r["moe"]["rows"] + r["moe"].get("spread_rows", []):
+            print(f"{m.get('storage', 'kmajor'):7s} {m['shape']:14s} {m['batch']:4d} {m['active_experts']:6.1f} "
+                  f"{m['weight_mb']:7.1f} MB "
                   f"graph {m['us_graph']:7.1f} us ({m['frac_copy_bw']:.3f}) prev cfgs {m['us_graph_prev_configs']:7.1f} "
                   f"us ({m['frac_copy_bw_prev_configs']:.3f}) eager {m['us_eager']:7.1f} base {m['us_dequant_baseline']} "
                   f"x{m['speedup_vs_baseline']} {m['config']}")

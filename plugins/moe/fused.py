@@ -87,6 +87,13 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     return DECODE_WIDE_CONFIG if num_pairs <= DECODE_MAX_ROWS_PER_EXPERT * num_experts else PREFILL_CONFIG
 
 
+def config_for(cfg: MoeConfig, t: MoeTensors) -> MoeConfig:
+    """The config fused_moe runs for these experts: nvfp4_spread's K step is its storage chunk (128)."""
+    if WeightFormat.NVFP4_SPREAD in (t.gate_up.fmt, t.down.fmt):
+        return dataclasses.replace(cfg, block_k=e2m1_spread.CHUNK)
+    return cfg
+
+
 def _small_blocks(device: torch.device) -> tuple[int, int, int]:
     return _SMALL_BLOCKS["cuda" if device.type == "cuda" else "interpreter"]
 
@@ -201,9 +208,7 @@ def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, 
     x = x.contiguous()
     n, h = x.shape
     nk = n * top_k
-    cfg = config or default_config(nk, t.gate_up.num_experts, x.device)
-    if WeightFormat.NVFP4_SPREAD in (t.gate_up.fmt, t.down.fmt):  # its K step is its storage chunk
-        cfg = dataclasses.replace(cfg, block_k=e2m1_spread.CHUNK)
+    cfg = config_for(config or default_config(nk, t.gate_up.num_experts, x.device), t)
     weights, _, sorting = route_and_sort(logits, top_k, cfg.block_m)
     i = t.down.in_features
     act = torch.empty(sorting[0].numel(), i, dtype=x.dtype, device=x.device)
