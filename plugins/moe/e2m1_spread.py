@@ -6,7 +6,7 @@ checkpoint's order, and no regrouping of the decoded values before the dot (`mak
 Along the input axis (K, a multiple of 64), each output row is cut into chunks of `CHUNK` = 128 inputs (the
 last one 64 when K % 128 == 64). A chunk of S inputs takes S/2 bytes; byte j holds inputs j ("low half")
 and S/2 + j ("high half") of the chunk, so one decode gives two operand tiles whose inputs run in order,
-each the left operand of its own dot (`triton_kernels._spread_step`). Each 4 bytes (one group: low inputs
+each the left operand of its own dot (`triton_spread._spread_step`). Each 4 bytes (one group: low inputs
 4g..4g+3, high inputs S/2+4g..S/2+4g+3, group codes 0-3 and 4-7, one block scale for each four) are stored
 with their 32 bits permuted (`SOURCE_BIT`), and the block scales of a chunk are stored in pairs (low-half
 block b, high-half block b), so a thread's 4-byte scale load holds what its codes need (`spread_scales`).

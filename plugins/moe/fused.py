@@ -21,12 +21,13 @@ import triton
 import triton.language as tl
 
 from plugins.moe import e2m1_spread
+from plugins.moe import triton_formats as F
 from plugins.moe import triton_kernels as K
 from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
 
 _TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
-_FMT = {WeightFormat.BF16: (K.FMT_BF16, 32), WeightFormat.MXFP4: (K.FMT_MXFP4, 32),
-        WeightFormat.NVFP4: (K.FMT_NVFP4, 16), WeightFormat.NVFP4_SPREAD: (K.FMT_NVFP4_SPREAD, 16)}
+_FMT = {WeightFormat.BF16: (F.FMT_BF16, 32), WeightFormat.MXFP4: (F.FMT_MXFP4, 32),
+        WeightFormat.NVFP4: (F.FMT_NVFP4, 16), WeightFormat.NVFP4_SPREAD: (F.FMT_NVFP4_SPREAD, 16)}
 MAX_TOP_K = 8
 _ALIGN_BLOCK = 128    # lanes of the single align program
 FUSED_ROUTE_MAX_PAIRS = 128  # (token, slot) pairs routed and sorted by one program (decode batches)

@@ -20,12 +20,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from plugins.moe import e2m1_prmt, e2m1_spread
-
-FMT_BF16: tl.constexpr = tl.constexpr(0)
-FMT_MXFP4: tl.constexpr = tl.constexpr(1)
-FMT_NVFP4: tl.constexpr = tl.constexpr(2)
-FMT_NVFP4_SPREAD: tl.constexpr = tl.constexpr(3)  # NVFP4, codes in `plugins.moe.e2m1_spread` order
+from plugins.moe import e2m1_prmt
+from plugins.moe.triton_formats import FMT_BF16, FMT_NVFP4, FMT_NVFP4_SPREAD, _block_scale
+from plugins.moe.triton_spread import _spread_step
 
 
 @triton.jit
@@ -200,150 +197,6 @@ def _e2m1_bf16_lut_asm(code, scale):
     return tl.inline_asm_elementwise(_E2M1_BF16_LUT_PTX, _E2M1_BF16_LUT_CONSTRAINTS,
                                      [code, scale, hi_lo, hi_hi, lo_lo, lo_hi],
                                      dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-
-
-@triton.jit
-def _block_scale(raw, gs, FMT: tl.constexpr, FACTOR: tl.constexpr):
-    """Block scale bytes -> float32 scale times FACTOR (a power of two folded in for the decode)."""
-    raw = raw.to(tl.int32)
-    if FMT == FMT_MXFP4:  # E8M0: 2**(raw - 127), byte 0 is 2**-127 (a float32 subnormal)
-        pow2 = tl.where(raw == 0, 0x00400000, raw << 23).to(tl.float32, bitcast=True)
-        return pow2 * FACTOR
-    else:  # E4M3 (NVFP4) times the global scale
-        bits = ((raw & 0x7F) << 7) | ((raw & 0x80) << 8)
-        e4m3_over_256 = bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        return (e4m3_over_256 * gs) * (256.0 * FACTOR)
-
-
-_E2M1_SPREAD_PTX: tl.constexpr = tl.constexpr(e2m1_spread.ptx())
-_E2M1_SPREAD_CONSTRAINTS: tl.constexpr = tl.constexpr(e2m1_spread.CONSTRAINTS)
-_SPREAD_MASK: tl.constexpr = tl.constexpr(e2m1_spread.MASK)
-_SPREAD_ROT1: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[1][0][0])
-_SPREAD_ROT2: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[2][0][0])
-_SPREAD_ROT3A: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][0][0])
-_SPREAD_MASK3A: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][0][1])
-_SPREAD_ROT3B: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][1][0])
-_SPREAD_MASK3B: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][1][1])
-# in-kernel powers of two of the spread decode (bf16 activations), see `e2m1_spread`: the global scale's
-# mantissa (in [1, 2)) goes into the block scale, 2**(its exponent + 9) multiplies the accumulator
-_SPREAD_ASM_FACTOR: tl.constexpr = tl.constexpr(2.0 ** 117)  # block scale * 2**126 / 2**9
-_SPREAD_TL_FACTOR: tl.constexpr = tl.constexpr(2.0 ** 5)     # the plain decode's 2**14, / 2**9
-
-
-@triton.jit
-def _e2m1_spread_asm(code, scale_lo, scale_hi):
-    """spread-order bytes [BN, H], bf16 block scales (* 2**117 * global-scale mantissa) of each half per byte
-    -> (low-half, high-half) weights [BN, H] in bf16 (`plugins.moe.e2m1_spread.PROGRAM`)."""
-    return tl.inline_asm_elementwise(_E2M1_SPREAD_PTX, _E2M1_SPREAD_CONSTRAINTS, [code, scale_lo, scale_hi],
-                                     dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-
-
-@triton.jit
-def _rotl(x, n: tl.constexpr):
-    if n == 0:
-        return x
-    else:
-        return (x << n) | (x >> (32 - n))
-
-
-@triton.jit
-def _half_code(word, SHIFT: tl.constexpr):
-    """The E2M1 code of one bf16 half of a decoded spread word: magnitude bits 6..8, sign bit 15."""
-    h = word >> SHIFT
-    return ((h >> 6) & 7) | ((h >> 12) & 8)
-
-
-@triton.jit
-def _quad(c0, c1, c2, c3, BN: tl.constexpr, H: tl.constexpr):
-    """Four [BN, H/4] tensors -> [BN, H] with c0..c3 consecutive along the last axis."""
-    return tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (BN, H))
-
-
-@triton.jit
-def _spread_codes(code, BN: tl.constexpr, H: tl.constexpr):
-    """spread-order bytes [BN, H] -> the E2M1 codes of the low-half and the high-half inputs, [BN, H] each
-    (the decodes other than the PTX one): the words of `e2m1_spread.WORDS`, in `OUT_CODES` order."""
-    q = tl.reshape(code.to(tl.uint32), (BN, H // 4, 2, 2))              # [.., byte bit 1, byte bit 0]
-    even, odd = tl.split(q)
-    b0, b2 = tl.split(even)
-    b1, b3 = tl.split(odd)
-    word = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)                      # [BN, H/4] groups
-    w0 = word & _SPREAD_MASK
-    w1 = _rotl(word, _SPREAD_ROT1) & _SPREAD_MASK
-    w2 = _rotl(word, _SPREAD_ROT2) & _SPREAD_MASK
-    w3 = (_rotl(word, _SPREAD_ROT3A) & _SPREAD_MASK3A) | (_rotl(word, _SPREAD_ROT3B) & _SPREAD_MASK3B)
-    lo = _quad(_half_code(w0, 0), _half_code(w0, 16), _half_code(w1, 0), _half_code(w1, 16), BN, H)
-    hi = _quad(_half_code(w2, 0), _half_code(w2, 16), _half_code(w3, 0), _half_code(w3, 16), BN, H)
-    return lo, hi
-
-
-@triton.jit
-def _per_byte(scale, BN: tl.constexpr, H: tl.constexpr):
-    """[BN, H/16] block scales -> [BN, H], each repeated for its 16 inputs."""
-    return tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, H // 16, 16)), (BN, H))
-
-
-@triton.jit
-def _e2m1_f16(c):
-    """E2M1 codes -> float16 values times 2**-14 (exact, see the module docstring)."""
-    c = c.to(tl.int16)
-    return (((c & 7) << 9) | ((c & 8) << 12)).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def _spread_decode(code, s_lo, s_hi, gs, BN: tl.constexpr, H: tl.constexpr, W_DTYPE: tl.constexpr,
-                   ASM: tl.constexpr):
-    """One spread chunk: code bytes [BN, H] and each half's block-scale bytes [BN, H/16] -> the low-half and
-    high-half weights [BN, H] in W_DTYPE. bf16 activations: gs is the global scale's mantissa and the
-    weights come out times 2**-(its exponent + 9) (the kernel multiplies the accumulator back)."""
-    if ASM and W_DTYPE == tl.bfloat16:
-        sl = _per_byte(_block_scale(s_lo, gs, FMT_NVFP4_SPREAD, _SPREAD_ASM_FACTOR).to(tl.bfloat16), BN, H)
-        sh = _per_byte(_block_scale(s_hi, gs, FMT_NVFP4_SPREAD, _SPREAD_ASM_FACTOR).to(tl.bfloat16), BN, H)
-        lo, hi = _e2m1_spread_asm(code, sl, sh)
-    else:
-        if W_DTYPE == tl.bfloat16:
-            sl = _block_scale(s_lo, gs, FMT_NVFP4_SPREAD, _SPREAD_TL_FACTOR)
-            sh = _block_scale(s_hi, gs, FMT_NVFP4_SPREAD, _SPREAD_TL_FACTOR)
-        else:
-            sl = _block_scale(s_lo, gs, FMT_NVFP4_SPREAD, 16384.0)
-            sh = _block_scale(s_hi, gs, FMT_NVFP4_SPREAD, 16384.0)
-        c_lo, c_hi = _spread_codes(code, BN, H)
-        lo = (_e2m1_f16(c_lo).to(tl.float32) * _per_byte(sl, BN, H)).to(W_DTYPE)
-        hi = (_e2m1_f16(c_hi).to(tl.float32) * _per_byte(sh, BN, H)).to(W_DTYPE)
-    return lo, hi
-
-
-@triton.jit
-def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, K, N, gs, stride_wk, stride_wn, stride_sk,
-                 stride_sn, BLOCK_N: tl.constexpr, BK: tl.constexpr, W_VEC: tl.constexpr, S_VEC: tl.constexpr,
-                 W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
-                 SWAP_AB: tl.constexpr):
-    """acc += A[:, k0:k0+BK] @ W[k0:k0+BK, :] for one chunk of spread storage (BK = 128, or the 64 tail): its
-    BK/2 code bytes decode to two operand tiles, inputs k0.. and k0+BK/2.., each its own dot, so the decoded
-    registers feed the tensor cores without being regrouped. The chunk's block scales are one tile, stored in
-    (low, high) pairs; its loads are cp.async copies Triton pipelines (4 bytes or more a thread), the K
-    bounds tested in whole vectors as in `_load_weight`."""
-    H: tl.constexpr = BK // 2
-    nmask = (n < N)[:, None]
-    rows = tl.multiple_of(k0 // 2, H) + tl.arange(0, H)                           # code bytes of the chunk
-    code = tl.load(w_base + n[:, None] * stride_wn + rows[None, :] * stride_wk,
-                   mask=nmask & (rows // W_VEC < K // 2 // W_VEC)[None, :], other=0)
-    g = tl.multiple_of(k0 // 16, BK // 16) + tl.arange(0, BK // 16)   # block scales, (low, high) pairs
-    s = tl.load(s_base + n[:, None] * stride_sn + g[None, :] * stride_sk,
-                mask=nmask & (g // S_VEC < K // 16 // S_VEC)[None, :], other=0)
-    s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BK // 32, 2)))
-    cols = k0 + tl.arange(0, H)
-    a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None] & (cols < K)[None, :], other=0.0).to(DOT_DTYPE)
-    a_hi = tl.load(a_base + H + cols[None, :], mask=valid[:, None] & (cols + H < K)[None, :],
-                   other=0.0).to(DOT_DTYPE)
-    lo, hi = _spread_decode(code, s_lo, s_hi, gs, BLOCK_N, H, W_DTYPE, ASM)
-    if SWAP_AB:
-        acc = tl.dot(lo.to(DOT_DTYPE), tl.trans(a_lo), acc, input_precision=PRECISION)
-        acc = tl.dot(hi.to(DOT_DTYPE), tl.trans(a_hi), acc, input_precision=PRECISION)
-    else:
-        acc = tl.dot(a_lo, tl.trans(lo.to(DOT_DTYPE)), acc, input_precision=PRECISION)
-        acc = tl.dot(a_hi, tl.trans(hi.to(DOT_DTYPE)), acc, input_precision=PRECISION)
-    return acc
 
 
 @triton.jit
