@@ -109,28 +109,24 @@ def _spread_decode(code, s_lo, s_hi, gs, BN: tl.constexpr, H: tl.constexpr, W_DT
 
 
 @triton.jit
-def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, K, N, gs, stride_wk, stride_wn, stride_sk,
-                 stride_sn, BLOCK_N: tl.constexpr, BK: tl.constexpr, W_VEC: tl.constexpr, S_VEC: tl.constexpr,
-                 W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
-                 SWAP_AB: tl.constexpr):
-    """acc += A[:, k0:k0+BK] @ W[k0:k0+BK, :] for one chunk of spread storage (BK = 128, or the 64 tail): its
-    BK/2 code bytes decode to two operand tiles, inputs k0.. and k0+BK/2.., each its own dot, so the decoded
-    registers feed the tensor cores without being regrouped. The chunk's block scales are one tile, stored in
-    (low, high) pairs; its loads are cp.async copies Triton pipelines (4 bytes or more a thread), the K
-    bounds tested in whole vectors as in `_load_weight`."""
+def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs, stride_wk, stride_wn, stride_sk, stride_sn,
+                 BLOCK_N: tl.constexpr, BK: tl.constexpr, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                 PRECISION: tl.constexpr, ASM: tl.constexpr, SWAP_AB: tl.constexpr):
+    """acc += A[:, k0:k0+BK] @ W[k0:k0+BK, :] for one whole chunk of spread storage (BK = 128, or the 64
+    tail; the kernel only passes chunks inside its K range, so no input is masked): its BK/2 code bytes
+    decode to two operand tiles, inputs k0.. and k0+BK/2.., each its own dot, so the decoded registers feed
+    the tensor cores without being regrouped. The chunk's block scales are one tile, stored in (low, high)
+    pairs. Every load of the main loop is a cp.async copy Triton pipelines (4 bytes or more a thread)."""
     H: tl.constexpr = BK // 2
     nmask = (n < N)[:, None]
     rows = tl.multiple_of(k0 // 2, H) + tl.arange(0, H)                           # code bytes of the chunk
-    code = tl.load(w_base + n[:, None] * stride_wn + rows[None, :] * stride_wk,
-                   mask=nmask & (rows // W_VEC < K // 2 // W_VEC)[None, :], other=0)
-    g = tl.multiple_of(k0 // 16, BK // 16) + tl.arange(0, BK // 16)   # block scales, (low, high) pairs
-    s = tl.load(s_base + n[:, None] * stride_sn + g[None, :] * stride_sk,
-                mask=nmask & (g // S_VEC < K // 16 // S_VEC)[None, :], other=0)
+    code = tl.load(w_base + n[:, None] * stride_wn + rows[None, :] * stride_wk, mask=nmask, other=0)
+    g = tl.multiple_of(k0 // 16, BK // 16) + tl.arange(0, BK // 16)               # (low, high) block pairs
+    s = tl.load(s_base + n[:, None] * stride_sn + g[None, :] * stride_sk, mask=nmask, other=0)
     s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BK // 32, 2)))
     cols = k0 + tl.arange(0, H)
-    a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None] & (cols < K)[None, :], other=0.0).to(DOT_DTYPE)
-    a_hi = tl.load(a_base + H + cols[None, :], mask=valid[:, None] & (cols + H < K)[None, :],
-                   other=0.0).to(DOT_DTYPE)
+    a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
+    a_hi = tl.load(a_base + H + cols[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
     lo, hi = _spread_decode(code, s_lo, s_hi, gs, BLOCK_N, H, W_DTYPE, ASM)
     if SWAP_AB:
         acc = tl.dot(lo.to(DOT_DTYPE), tl.trans(a_lo), acc, input_precision=PRECISION)
