@@ -45,7 +45,7 @@ def test_every_k_loop_load_is_pipelined(layer, n_tokens, config):
 
 def test_spread_storage_decodes_in_fewer_instructions(layer):
     """`k_major(spread=True)`: the same pipelined loads, and its decode (PTX assembled here by ptxas; two dots
-    per K step, no regrouping of decoded values) cuts the K loop by at least 25% against the checkpoint
+    per K step, no regrouping of decoded values) cuts the K loop by at least 35% against the checkpoint
     order's bf16_scale decode (456 -> 274 instructions with triton 3.9, BENCHMARKS.md), with fewer barriers."""
     rows = {}
     for name, t in (("plain", layer), ("spread", moe_static.nvfp4_layer(spread=True))):
@@ -55,7 +55,7 @@ def test_spread_storage_decodes_in_fewer_instructions(layer):
     spread, plain = rows["spread"], rows["plain"]
     assert spread["sync_loads_in_loop"] == 0 and spread["ldg_in_loop"] == 0, spread
     assert spread["async_copies_in_loop"] >= 4, spread   # codes, scales, two activation halves
-    assert spread["loop_instructions"] <= 0.75 * plain["loop_instructions"], rows
+    assert spread["loop_instructions"] <= 0.65 * plain["loop_instructions"], rows
     assert spread["barriers_in_loop"] < plain["barriers_in_loop"], rows
     # the PTX reads 4 consecutive code bytes of a thread as one stored group (pack=4): its operands must
     # be laid out in runs of a multiple of 4 along K (sizePerThread), the loop's chunk and the tail's alike
