@@ -86,11 +86,9 @@ class TrtkitMoE(torch.nn.Module):
                         raise ValueError(f"trtkit MoE: mlp.experts.{key} has shape {tuple(src.shape)}; "
                                          f"expected {tuple(p.shape)}")
                     p.data.copy_(src.to(p.dtype))
-        f32 = torch.finfo(torch.float32)
-        gs = [float(getattr(self, f"{name}_weight_scale_2")) for name in PROJECTIONS]
-        if self.spread and not all(f32.tiny <= v <= f32.max for v in gs):
-            raise ValueError(f"trtkit MoE: weight_scale_2 {gs} must be positive normal float32 values for the "
-                             "spread storage; use spread=False")
+        for name in PROJECTIONS if self.spread else ():
+            e2m1_spread.check_global_scale(float(getattr(self, f"{name}_weight_scale_2")),
+                                           f"trtkit MoE: mlp.experts.{name}_weight_scale_2")
 
     def tensors(self) -> MoeTensors:
         """The layer as the kernels take it (logical [E, in/x, out] views of the row storage)."""

@@ -89,6 +89,15 @@ def ptx() -> str:
 
 
 # ---- storage: checkpoint order <-> spread order, on any device ----------------------------------------
+def check_global_scale(value: float, what: str) -> None:
+    """The kernel splits the global scale into mantissa and exponent by its bits: it must be a positive
+    normal float32."""
+    f32 = torch.finfo(torch.float32)
+    if not f32.tiny <= value <= f32.max:
+        raise ValueError(f"{what} {value!r} is not a positive normal float32, which the spread storage needs; "
+                         "keep this layer in nvfp4 (spread=False)")
+
+
 def _check(codes: torch.Tensor, dim: int) -> None:
     if codes.dtype != torch.uint8 or (2 * codes.shape[dim]) % TAIL:
         raise ValueError(f"e2m1_spread: needs uint8 codes of a multiple of {TAIL} inputs ({TAIL // 2} bytes) "
