@@ -78,9 +78,12 @@ class TrtkitMoE(torch.nn.Module):
                     if tuple(src.shape) != want or src.dtype != p.dtype:
                         raise ValueError(f"trtkit MoE: mlp.experts.{key} is {src.dtype} {tuple(w[key].shape)}; "
                                          f"expected {p.dtype} with [E, in/x, out] = {(want[0], want[2], want[1])}")
-                    if self.spread:  # the kernel's order along the input axis (the last one here)
-                        src = e2m1_spread.spread(src, -1) if suffix == "" else e2m1_spread.spread_scales(src, -1)
-                    p.data[..., :src.shape[-1]].copy_(src)
+                    if self.spread:  # the kernel's order along the input axis, an expert at a time
+                        convert = {"": e2m1_spread.spread, "_weight_scale": e2m1_spread.spread_scales}[suffix]
+                        for e in range(src.shape[0]):
+                            p.data[e, :, :src.shape[-1]].copy_(convert(src[e], -1))
+                    else:
+                        p.data[..., :src.shape[-1]].copy_(src)
                 else:
                     if tuple(src.shape) != tuple(p.shape):
                         raise ValueError(f"trtkit MoE: mlp.experts.{key} has shape {tuple(src.shape)}; "
