@@ -46,7 +46,7 @@ def test_every_k_loop_load_is_pipelined(layer, n_tokens, config):
 def test_spread_storage_decodes_in_fewer_instructions(layer):
     """`k_major(spread=True)`: the same pipelined loads, and its decode (PTX assembled here by ptxas; two dots
     per K step, no regrouping of decoded values) cuts the K loop by at least 35% against the checkpoint
-    order's bf16_scale decode (456 -> 274 instructions with triton 3.9, BENCHMARKS.md), with fewer barriers."""
+    order's bf16_scale decode (456 -> 270 instructions with triton 3.9, BENCHMARKS.md), with fewer barriers."""
     rows = {}
     for name, t in (("plain", layer), ("spread", moe_static.nvfp4_layer(spread=True))):
         launch = moe_static.capture(t, 1, fused.DECODE_CONFIG)[0]

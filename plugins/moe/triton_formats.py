@@ -13,13 +13,19 @@ FMT_NVFP4_SPREAD: tl.constexpr = tl.constexpr(3)  # NVFP4, codes in `plugins.moe
 
 
 @triton.jit
+def _e4m3_over_256(raw):
+    """E4M3 bytes -> their values / 256 in float32 (exact: the byte's bits placed in float16)."""
+    raw = raw.to(tl.int32)
+    bits = ((raw & 0x7F) << 7) | ((raw & 0x80) << 8)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
 def _block_scale(raw, gs, FMT: tl.constexpr, FACTOR: tl.constexpr):
     """Block scale bytes -> float32 scale times FACTOR (a power of two folded in for the decode)."""
-    raw = raw.to(tl.int32)
     if FMT == FMT_MXFP4:  # E8M0: 2**(raw - 127), byte 0 is 2**-127 (a float32 subnormal)
+        raw = raw.to(tl.int32)
         pow2 = tl.where(raw == 0, 0x00400000, raw << 23).to(tl.float32, bitcast=True)
         return pow2 * FACTOR
     else:  # E4M3 (NVFP4) times the global scale
-        bits = ((raw & 0x7F) << 7) | ((raw & 0x80) << 8)
-        e4m3_over_256 = bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        return (e4m3_over_256 * gs) * (256.0 * FACTOR)
+        return (_e4m3_over_256(raw) * gs) * (256.0 * FACTOR)

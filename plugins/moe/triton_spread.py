@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from plugins.moe import e2m1_spread
-from plugins.moe.triton_formats import FMT_NVFP4_SPREAD, _block_scale
+from plugins.moe.triton_formats import FMT_NVFP4_SPREAD, _block_scale, _e4m3_over_256
 
 _E2M1_SPREAD_PTX: tl.constexpr = tl.constexpr(e2m1_spread.ptx())
 _E2M1_SPREAD_CONSTRAINTS: tl.constexpr = tl.constexpr(e2m1_spread.CONSTRAINTS)
@@ -92,8 +92,9 @@ def _spread_decode(code, s_lo, s_hi, gs, BN: tl.constexpr, H: tl.constexpr, W_DT
     high-half weights [BN, H] in W_DTYPE. bf16 activations: gs is the global scale's mantissa and the
     weights come out times 2**-(its exponent + 9) (the kernel multiplies the accumulator back)."""
     if ASM and W_DTYPE == tl.bfloat16:
-        sl = _per_byte(_block_scale(s_lo, gs, FMT_NVFP4_SPREAD, _SPREAD_ASM_FACTOR).to(tl.bfloat16), BN, H)
-        sh = _per_byte(_block_scale(s_hi, gs, FMT_NVFP4_SPREAD, _SPREAD_ASM_FACTOR).to(tl.bfloat16), BN, H)
+        g = gs * (256.0 * _SPREAD_ASM_FACTOR)  # gs is in [1, 2): exact, so one multiply a scale is too
+        sl = _per_byte((_e4m3_over_256(s_lo) * g).to(tl.bfloat16), BN, H)
+        sh = _per_byte((_e4m3_over_256(s_hi) * g).to(tl.bfloat16), BN, H)
         lo, hi = _e2m1_spread_asm(code, sl, sh)
     else:
         if W_DTYPE == tl.bfloat16:
