@@ -1,5 +1,5 @@
-"""The expert weight formats as the MoE kernels name them, and the block-scale decode every decode path
-shares (`plugins.moe.triton_kernels`, `plugins.moe.triton_spread`)."""
+"""The expert weight formats as the MoE kernels name them, and the plain E2M1 and block-scale decodes every
+decode path shares (`plugins.moe.triton_kernels`, `plugins.moe.triton_spread`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ FMT_BF16: tl.constexpr = tl.constexpr(0)
 FMT_MXFP4: tl.constexpr = tl.constexpr(1)
 FMT_NVFP4: tl.constexpr = tl.constexpr(2)
 FMT_NVFP4_SPREAD: tl.constexpr = tl.constexpr(3)  # NVFP4, codes in `plugins.moe.e2m1_spread` order
+
+
+@triton.jit
+def _e2m1_f16(c):
+    """E2M1 codes (low 4 bits) -> float16 values times 2**-14, exact: the magnitude bits go to float16 bits
+    9..11 and the sign to bit 15 (code 1, 0.5, becomes a float16 subnormal)."""
+    c = c.to(tl.int16)
+    return (((c & 7) << 9) | ((c & 8) << 12)).to(tl.float16, bitcast=True)
 
 
 @triton.jit

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from plugins.moe import e2m1_prmt
-from plugins.moe.triton_formats import FMT_BF16, FMT_NVFP4, FMT_NVFP4_SPREAD, _block_scale
+from plugins.moe.triton_formats import FMT_BF16, FMT_NVFP4, FMT_NVFP4_SPREAD, _block_scale, _e2m1_f16
 from plugins.moe.triton_spread import _spread_step
 
 
@@ -126,11 +126,7 @@ def _route_align_kernel(logits_ptr, weights_ptr, ids_ptr, counts_ptr, ranks_ptr,
 @triton.jit
 def _e2m1_halves(code):
     """uint8 bytes -> (low nibble, high nibble) as float16 E2M1 values times 2**-14 (exact)."""
-    lo = code.to(tl.int16) & 0xF
-    hi = (code >> 4).to(tl.int16)
-    lo = ((lo & 7) << 9) | ((lo & 8) << 12)
-    hi = ((hi & 7) << 9) | ((hi & 8) << 12)
-    return lo.to(tl.float16, bitcast=True), hi.to(tl.float16, bitcast=True)
+    return _e2m1_f16(code & 0xF), _e2m1_f16(code >> 4)
 
 
 # The same on CUDA in 32-bit words: 4 bytes in, 8 half-precision values out, 2.75 instructions a value.

@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from plugins.moe import e2m1_spread
-from plugins.moe.triton_formats import FMT_NVFP4_SPREAD, _block_scale, _e4m3_over_256
+from plugins.moe.triton_formats import FMT_NVFP4_SPREAD, _block_scale, _e2m1_f16, _e4m3_over_256
 
 _E2M1_SPREAD_PTX: tl.constexpr = tl.constexpr(e2m1_spread.ptx())
 _E2M1_SPREAD_CONSTRAINTS: tl.constexpr = tl.constexpr(e2m1_spread.CONSTRAINTS)
@@ -76,13 +76,6 @@ def _spread_codes(code, BN: tl.constexpr, H: tl.constexpr):
 def _per_byte(scale, BN: tl.constexpr, H: tl.constexpr):
     """[BN, H/16] block scales -> [BN, H], each repeated for its 16 inputs."""
     return tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, H // 16, 16)), (BN, H))
-
-
-@triton.jit
-def _e2m1_f16(c):
-    """E2M1 codes -> float16 values times 2**-14 (exact, see the module docstring)."""
-    c = c.to(tl.int16)
-    return (((c & 7) << 9) | ((c & 8) << 12)).to(tl.float16, bitcast=True)
 
 
 @triton.jit
