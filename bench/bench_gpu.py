@@ -159,8 +159,10 @@ def check_moe(g: torch.Generator) -> list[dict]:
     rows = []
     plain = random_layer(16, 256, 192, "nvfp4", g)
     for fmt in ("nvfp4", "nvfp4-spread", "nvfp4-nmajor", "mxfp4", "bf16"):
-        if fmt.startswith("nvfp4") and fmt != "nvfp4-nmajor":  # spread: the same weights in the kernel's bit order
-            t = plain.k_major(spread=True) if fmt == "nvfp4-spread" else plain
+        if fmt == "nvfp4":
+            t = plain
+        elif fmt == "nvfp4-spread":  # the same weights in the kernel's order (compared bit for bit below)
+            t = plain.k_major(spread=True)
         else:
             t = random_layer(16, 256, 192, fmt, g)
         for n, dtype, cfg in itertools.product((1, 64, 300), (torch.bfloat16, torch.float32), CHECK_CONFIGS):
