@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import re
 from dataclasses import asdict, dataclass
 
 
@@ -42,6 +43,15 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+TENSORRT_MIN = (10, 9)  # first release whose tensorrt.plugin has aot_impl and KernelLaunchParams
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """'10.13.3.9.post1' -> (10, 13); () when the version does not start with major.minor."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else ()
 
 
 def _installed(module: str) -> bool:
@@ -88,9 +98,10 @@ def _tensorrt_registration(aot: bool) -> Registration:
     version = _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13")
     if not version and not _installed("tensorrt"):
         return Registration("tensorrt", module, False, "tensorrt not installed")
-    if not _installed("tensorrt.plugin"):
+    if not _installed("tensorrt.plugin") or () < _release(version or "") < TENSORRT_MIN:
         return Registration("tensorrt", module, False,
-                            f"tensorrt {version or '?'} has no tensorrt.plugin (Quickly Deployable Plugins need >= 10.7)")
+                            f"tensorrt {version or '?'} is too old: the plugins need tensorrt.plugin with aot_impl "
+                            f"(TensorRT >= {'.'.join(map(str, TENSORRT_MIN))})")
     if not _installed("triton"):
         return Registration("tensorrt", module, False, "triton not installed (the plugin kernels are Triton)")
     impl = "ahead-of-time Triton kernel (PTX in the engine)" if aot else "Triton kernels launched from Python"

@@ -1,7 +1,9 @@
 """TensorRT Quickly Deployable Plugins `trtkit::moe` and `trtkit::attention`, for raw TensorRT engines
 built outside TensorRT-LLM. Importing this module registers them (it imports tensorrt, torch, triton);
-nothing else in trtkit imports it. Exercised on GPU nodes with TensorRT >= 10.7 only: CI machines
-cannot install TensorRT.
+nothing else in trtkit imports it. Needs TensorRT >= 10.9 (the first with `tensorrt.plugin.aot_impl` and
+`KernelLaunchParams`); exercised on GPU nodes only: CI machines cannot install TensorRT. Checked by reading
+tensorrt.plugin's sources (TensorRT OSS, 10.9 and 11.1): `constant_value()` is a method; a BF16
+`trtp.Tensor` refuses `__cuda_array_interface__`, so BF16 tensors are wrapped here by hand (`_torch`).
 
     import plugins.tensorrt_qdp
     import tensorrt.plugin as trtp
@@ -41,10 +43,23 @@ _TRT_DTYPES = {trt.bfloat16: "bf16", trt.float16: "fp16"}
 def _constant(expr, what: str) -> int:
     if not expr.is_constant:
         raise ValueError(f"trtkit::attention: {what} must be a build-time constant (only B, T, S may vary)")
-    return int(expr.constant_value)
+    return int(expr.constant_value())
+
+
+class _Int16View:
+    """A BF16 trtp.Tensor's memory as int16 through __cuda_array_interface__ (version 3), which
+    tensorrt.plugin refuses for BF16 itself; strides in bytes, no stream to wait for (same stream)."""
+
+    def __init__(self, t: trtp.Tensor):
+        self.__cuda_array_interface__ = {
+            "shape": tuple(t.shape), "typestr": "<i2", "data": (t.data_ptr, False),
+            "strides": tuple(2 * s for s in t.strides), "stream": None, "version": 3}
 
 
 def _torch(t: trtp.Tensor) -> torch.Tensor:
+    """The TensorRT tensor as a torch view of the same memory (no copy)."""
+    if t.dtype == trt.bfloat16:
+        return torch.as_tensor(_Int16View(t), device="cuda").view(torch.bfloat16)
     return torch.as_tensor(t, device="cuda")
 
 
@@ -69,6 +84,7 @@ def attention_impl(q, k, v, sinks, sm_scale: float, sliding_window: int, q_start
         _torch(outputs[0]).copy_(out)
 
 
+# tensorrt.plugin passes every attribute positionally in registration order: keep all three, in order
 @trtp.aot_impl("trtkit::attention")
 def attention_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, sinks: trtp.TensorDesc,
                   sm_scale: float, sliding_window: int, q_start: int, outputs: tuple[trtp.TensorDesc],

@@ -39,6 +39,18 @@ def test_missing_packages_are_named(monkeypatch):
     assert "triton not installed" in by_target["torch"].detail
 
 
+def test_tensorrt_older_than_aot_impl_is_refused(monkeypatch):
+    """tensorrt.plugin gained aot_impl / KernelLaunchParams in 10.9: older releases cannot import the module."""
+    for version, available in (("10.8.0.43", False), ("10.9.0.34", True), ("11.1.0", True), ("10.13.3.9.post1", True)):
+        monkeypatch.setattr(registry, "_version", lambda dist, v=version: v if dist == "tensorrt" else "3.5.0")
+        monkeypatch.setattr(registry, "_installed", lambda module: True)
+        trt_reg = registry.list_plugins()[1].registrations[2]
+        assert trt_reg.available is available, (version, trt_reg.detail)
+        assert (trt_reg.detail == f"tensorrt {version} is too old: the plugins need tensorrt.plugin with aot_impl "
+                "(TensorRT >= 10.9)") is not available
+    assert registry._release("10.9") == (10, 9) and registry._release("dev") == ()
+
+
 def test_cli_table_and_json():
     result = CliRunner().invoke(main, ["plugins", "list"])
     assert result.exit_code == 0, result.output
