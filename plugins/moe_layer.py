@@ -1,7 +1,7 @@
 """`TrtkitMoE`: one gpt-oss MoE layer's NVFP4 experts as a torch module over `trtkit::moe`, loaded from the
 tensors of a Model Optimizer NVFP4 checkpoint (`model.layers.N.mlp.experts.*`, prefix stripped, layouts
 untouched: see the shared reference nvfp4-gptoss-layout.md). The TensorRT-LLM out-of-tree model
-(`plugins.trtllm_gptoss`) builds it in place of TensorRT-LLM's own MoE; it needs no TensorRT-LLM itself,
+(`plugins.trtllm.trtllm_gptoss`) builds it in place of TensorRT-LLM's own MoE; it needs no TensorRT-LLM itself,
 so its loading is tested on CPU.
 
 Storage: codes [E, out, in/2] u8 and block scales [E, out, in/16] E4M3, input-fastest with every row
@@ -9,7 +9,7 @@ starting on a 16-byte boundary (`ProjectionTensors.k_major`: the layout the kern
 pipelines best); the scale rows are allocated padded and sliced when the kernel is called. With
 `spread=True` the rows are stored in the kernel's own order instead (`k_major(spread=True)`, weight format
 `nvfp4_spread`: a 40% shorter K loop on sm_90, see `plugins.moe.e2m1_spread`); TensorRT-LLM's
-model takes it from TRTKIT_MOE_STORAGE=spread (`plugins.trtllm_gptoss.modeling`).
+model takes it from TRTKIT_MOE_STORAGE=spread (`plugins.trtllm.trtllm_gptoss.modeling`).
 """
 
 from __future__ import annotations

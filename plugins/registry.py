@@ -7,7 +7,7 @@ registers nothing. Each registration happens only when its module is imported:
 | target | module to import | registers |
 |---|---|---|
 | torch | `plugins.ops` | `torch.ops.trtkit.moe`, `torch.ops.trtkit.attention` (reference on CPU, Triton on CUDA) |
-| tensorrt_llm | `plugins.trtllm_gptoss` (or `--custom_module_dirs plugins/trtllm_gptoss`) | `GptOssForCausalLM` with its MoE on `trtkit::moe` (NVFP4, Hopper) |
+| tensorrt_llm | `plugins.trtllm.trtllm_gptoss` (or `--custom_module_dirs plugins/trtllm/trtllm_gptoss`) | `GptOssForCausalLM` with its MoE on `trtkit::moe` (NVFP4, Hopper) |
 | tensorrt | `plugins.tensorrt_qdp` | Quickly Deployable Plugins `trtkit::moe`, `trtkit::attention` |
 """
 
@@ -81,7 +81,7 @@ def _torch_registration() -> Registration:
 
 
 def _trtllm_registration(for_moe: bool) -> Registration:
-    module = "plugins.trtllm_gptoss"
+    module = "plugins.trtllm.trtllm_gptoss"
     if not for_moe:
         return Registration("tensorrt_llm", module, False,
                             "not needed: TensorRT-LLM's own attention backend runs sinks and the 128-token band")
@@ -90,7 +90,7 @@ def _trtllm_registration(for_moe: bool) -> Registration:
         return Registration("tensorrt_llm", module, False, "tensorrt_llm not installed")
     return Registration("tensorrt_llm", module, True,
                         f"tensorrt_llm {version or '?'}: GptOssForCausalLM, NVFP4 MoE on trtkit::moe on Hopper "
-                        "(trtllm-serve --custom_module_dirs plugins/trtllm_gptoss)")
+                        "(trtllm-serve --custom_module_dirs plugins/trtllm/trtllm_gptoss)")
 
 
 def _tensorrt_registration(aot: bool) -> Registration:

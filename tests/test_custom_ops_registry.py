@@ -24,7 +24,7 @@ def test_every_plugin_has_torch_tensorrt_llm_and_tensorrt_registrations():
         assert targets == ["torch", "tensorrt_llm", "tensorrt"]
         torch_reg = p.registrations[0]
         assert torch_reg.available and torch_reg.module == "plugins.ops"
-    assert found["trtkit::moe"].registrations[1].module == "plugins.trtllm_gptoss"
+    assert found["trtkit::moe"].registrations[1].module == "plugins.trtllm.trtllm_gptoss"
     assert found["trtkit::attention"].registrations[2].module == "plugins.tensorrt_qdp"
 
 
@@ -67,3 +67,16 @@ def test_listing_registers_nothing():
     code = ("import torch\nfrom plugins.registry import list_plugins\nlist_plugins()\n"
             "assert not hasattr(torch.ops.trtkit, 'moe')\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_trtllm_module_dir_exposes_only_the_model_package():
+    """--custom_module_dirs puts the package's parent first on sys.path: that folder must hold nothing
+    that could shadow another top-level module."""
+    from plugins import trtllm
+
+    module_dir = ROOT / trtllm.MODULE_DIR
+    assert (module_dir / "__init__.py").is_file() and module_dir.name == trtllm.PACKAGE
+    beside = sorted(p.name for p in module_dir.parent.iterdir() if p.name != "__pycache__")
+    assert beside == ["__init__.py", trtllm.PACKAGE]
+    assert all((ROOT / entry).is_dir() for entry in trtllm.PYTHONPATH)
+    assert (ROOT / trtllm.PYTHONPATH[0] / "plugins" / "moe_layer.py").is_file()

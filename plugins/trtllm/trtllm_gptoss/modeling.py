@@ -15,9 +15,11 @@ from tensorrt_llm._torch.models import modeling_gpt_oss
 from tensorrt_llm._torch.models.modeling_utils import register_auto_model
 
 from plugins.moe_layer import TrtkitMoE
+from plugins.trtllm import STORAGE_ENV, STORAGES
 
-# expert storage of TrtkitMoE (TRTKIT_MOE_STORAGE): kmajor (default) or spread, the kernel's own order
-STORAGES = ("kmajor", "spread")
+# checkpoint quant_algo values whose experts TrtkitMoE serves (TensorRT-LLM's QuantAlgo names: a Model
+# Optimizer NVFP4 export says NVFP4; W4A16_NVFP4 is the weight-only name of the same tensors)
+QUANT_ALGOS = ("NVFP4", "W4A16_NVFP4")
 
 
 def _experts_factory(**moe_params) -> TrtkitMoE:
@@ -27,9 +29,9 @@ def _experts_factory(**moe_params) -> TrtkitMoE:
     if mapping.world_size != 1:
         raise ValueError(f"trtkit MoE plugin: one GPU per model instance (world size {mapping.world_size}); "
                          "serve more replicas, or drop --custom_module_dirs to use TensorRT-LLM's MoE")
-    storage = os.environ.get("TRTKIT_MOE_STORAGE", "kmajor")
+    storage = os.environ.get(STORAGE_ENV, STORAGES[0])
     if storage not in STORAGES:
-        raise ValueError(f"TRTKIT_MOE_STORAGE={storage!r} must be one of {STORAGES}")
+        raise ValueError(f"{STORAGE_ENV}={storage!r} must be one of {STORAGES}")
     return TrtkitMoE(moe_params["num_experts"], moe_params["hidden_size"], moe_params["intermediate_size"],
                      cfg.num_experts_per_tok, float(getattr(cfg, "swiglu_limit", 7.0)),
                      float(getattr(cfg, "swiglu_alpha", 1.702)), spread=storage == "spread")
@@ -49,7 +51,7 @@ def _building_with(factory):
 
 def _wants_trtkit(model_config) -> bool:
     algo = getattr(model_config.quant_config, "quant_algo", None)
-    return torch.cuda.get_device_capability()[0] == 9 and str(getattr(algo, "value", algo)) == "NVFP4"
+    return torch.cuda.get_device_capability()[0] == 9 and str(getattr(algo, "value", algo)) in QUANT_ALGOS
 
 
 @register_auto_model("GptOssForCausalLM")

@@ -4,12 +4,14 @@ Everything else (attention with sinks, KV cache, scheduling, CUDA graphs) is Ten
 
 Importing this package registers the model, which is how TensorRT-LLM loads out-of-tree models:
 
-    trtllm-serve <nvfp4-checkpoint> --custom_module_dirs <trtkit>/plugins/trtllm_gptoss
+    PYTHONPATH=<trtkit>:<trtkit>/plugins/trtllm \
+        trtllm-serve <nvfp4-checkpoint> --custom_module_dirs <trtkit>/plugins/trtllm/trtllm_gptoss
 
-or `import plugins.trtllm_gptoss` before `tensorrt_llm.LLM(...)`. On other GPUs or other quantization
-the registered class behaves exactly as TensorRT-LLM's own. TensorRT-LLM imports the folder as the
-top-level package `trtllm_gptoss` (its parent on sys.path), so trtkit itself must be importable in the
-serving environment (`pip install '.[gpu]'` from the repository, or the repository root on PYTHONPATH).
+or `import plugins.trtllm.trtllm_gptoss` before `tensorrt_llm.LLM(...)`. On other GPUs or other
+quantization the registered class behaves exactly as TensorRT-LLM's own. TensorRT-LLM imports the folder
+as the top-level package `trtllm_gptoss` (its parent on sys.path; `plugins/trtllm/` holds nothing else),
+so trtkit itself must be importable in the serving environment, and worker processes need both
+PYTHONPATH entries (`plugins.trtllm` lists them; the Hopper NVFP4 recipes set them).
 Recent TensorRT-LLM versions have a W4A16 NVFP4 MoE for SM89-99 (Marlin) but it refuses gpt-oss's
 SwiGLU (`swiglu_gptoss_style`), so gpt-oss still needs this module on Hopper. Needs tensorrt_llm and
 triton; exercised on GPU nodes only (CI machines cannot install TensorRT-LLM). The MoE module itself

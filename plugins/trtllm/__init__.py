@@ -1,0 +1,18 @@
+"""TensorRT-LLM's side of the trtkit plugins: how `trtllm-serve` finds the out-of-tree gpt-oss model.
+
+`trtllm-serve CKPT --custom_module_dirs DIR` puts DIR's parent first on sys.path and imports DIR's name
+as a top-level package, so every module beside it becomes importable under a bare name. This folder
+therefore holds nothing but that package (`trtllm_gptoss/`); pointing at a package directly under
+`plugins/` would expose `moe`, `formats`, `ops`, ... as top-level modules.
+
+The facts a launcher needs, relative to the root of a trtkit checkout or install (`TRTKIT_DIR`: the
+folder that holds `plugins/`). Both PYTHONPATH entries matter: `plugins.*` for the MoE module itself,
+and `trtllm_gptoss` by its bare name for worker processes, which TensorRT-LLM may start fresh and which
+import the registering module by name. Importing this package imports nothing else.
+"""
+
+PACKAGE = "trtllm_gptoss"
+MODULE_DIR = "plugins/trtllm/" + PACKAGE       # --custom_module_dirs
+PYTHONPATH = (".", "plugins/trtllm")           # sys.path entries for the server and its workers
+STORAGE_ENV = "TRTKIT_MOE_STORAGE"             # expert storage of the MoE module: kmajor | spread
+STORAGES = ("kmajor", "spread")
