@@ -3,13 +3,15 @@
     OUT/
       checkpoint/            NVFP4 (W4A4, calibrated) in Model Optimizer's unified layout
       recipes/<gpu>/<profile>/   TensorRT-LLM options YAML, serve.sh, Slurm, Kubernetes, Dynamo, recipe.yaml
+      recipes/<gpu>/<profile>-nvfp4/   Hopper only: this NVFP4 checkpoint through the trtkit::moe plugin
       verification.json      machine-readable report (exact weights/logits + W4A4-emulated logits)
       VERIFICATION.md        the same, for people
       README.md              for operators: what is inside, how to launch, predicted figures per GPU
       manifest.json          sha256 of every file, source checksum, versions, creation time
 
 Hopper cannot run NVFP4 W4A4: its recipes point at the MXFP4 source checkpoint, recorded by path and
-checksum (or copied into `source/` with `include_source`).
+checksum (or copied into `source/` with `include_source`), and its `-nvfp4` recipes serve this bundle's
+checkpoint with weight-only NVFP4 experts on trtkit::moe (one checkpoint for a mixed fleet).
 """
 
 from __future__ import annotations

@@ -1,13 +1,20 @@
-"""The exact command a recipe runs, as an argument list (never a shell string built from file values)."""
+"""The exact command a recipe runs, as an argument list (never a shell string built from file values),
+and the environment it adds (recipes on the trtkit::moe plugin: PYTHONPATH and the expert storage)."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import plugins
 from builder.errors import TrtkitError
 from deploy.select import RecipeRef
+from plugins import trtllm
+
+TRTKIT_ROOT = Path(plugins.__file__).resolve().parent.parent  # the folder holding plugins/ (checkout or site-packages)
 
 HOST = "0.0.0.0"
 
@@ -18,6 +25,7 @@ class Launch:
     port: int
     mode: str  # "single", "single-mpirun" or "slurm"
     model_dir: Path
+    env: tuple[tuple[str, str], ...] = ()  # set for the server on top of the launcher's environment
 
     @property
     def health_url(self) -> str:
@@ -38,14 +46,27 @@ def model_dir_for(r: RecipeRef, bundle: Path | None, override: Path | None) -> P
     return Path(r.doc["model"]["checkpoint_path"])
 
 
-def build_command(r: RecipeRef, model_dir: Path, port: int, world_size: int | None) -> Launch:
+def plugin_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """This trtkit on PYTHONPATH (the server and any worker it starts import `plugins.*` and
+    `trtllm_gptoss`), and the expert storage unless the operator chose one."""
+    path = [str(TRTKIT_ROOT / p) for p in trtllm.PYTHONPATH] + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])
+    return (("PYTHONPATH", os.pathsep.join(path)),
+            (trtllm.STORAGE_ENV, environ.get(trtllm.STORAGE_ENV, trtllm.STORAGES[0])))
+
+
+def build_command(r: RecipeRef, model_dir: Path, port: int, world_size: int | None,
+                  environ: Mapping[str, str] = os.environ) -> Launch:
     serve = ["trtllm-serve", str(model_dir), "--config", str(r.folder / r.doc["tensorrt_llm"]["options_file"]),
              "--host", HOST, "--port", str(port), "--served_model_name", str(r.doc["model"]["served_name"])]
+    env: tuple[tuple[str, str], ...] = ()
+    if r.uses_plugin:
+        serve += ["--custom_module_dirs", str(TRTKIT_ROOT / trtllm.MODULE_DIR)]
+        env = plugin_env(environ)
     if world_size is not None and world_size > 1:
-        return Launch(("trtllm-llmapi-launch", *serve), port, "slurm", model_dir)
+        return Launch(("trtllm-llmapi-launch", *serve), port, "slurm", model_dir, env)
     if (r.doc.get("launch") or {}).get("mpirun"):
-        return Launch(("mpirun", "-n", "1", *serve), port, "single-mpirun", model_dir)
-    return Launch(tuple(serve), port, "single", model_dir)
+        return Launch(("mpirun", "-n", "1", *serve), port, "single-mpirun", model_dir, env)
+    return Launch(tuple(serve), port, "single", model_dir, env)
 
 
 def check_model_dir(model_dir: Path) -> None:

@@ -31,6 +31,7 @@ class LaunchRequest:
     port: int = DEFAULT_PORT
     model_dir: Path | None = None
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    checkpoint: str | None = None  # prefer recipes serving this checkpoint (nvfp4 | mxfp4)
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,22 @@ class Decision:
     lines: tuple[str, ...]
 
 
-def decide(req: LaunchRequest, world_size: int | None) -> Decision:
+def decide(req: LaunchRequest, world_size: int | None, env: Mapping[str, str]) -> Decision:
     target = Path(req.target)
     recipes = find_recipes(target)
     node = read_node(req.inventory)
-    recipe, why = choose(recipes, node, req.profile, world_size)
     bundle = target if (target / "manifest.json").is_file() and (target / "recipes").is_dir() else None
-    launch = build_command(recipe, model_dir_for(recipe, bundle, req.model_dir), req.port, world_size)
+
+    def present(r) -> bool:
+        return (model_dir_for(r, bundle, req.model_dir) / "config.json").is_file()
+
+    recipe, why = choose(recipes, node, req.profile, world_size, req.checkpoint, present)
+    launch = build_command(recipe, model_dir_for(recipe, bundle, req.model_dir), req.port, world_size, env)
     lines = [*why, *(f"warning: {w}" for w in warnings(recipe, node)),
              f"mode: {launch.mode}" + (f" ({world_size} ranks)" if world_size else ""),
-             f"model: {launch.model_dir}", f"command: {shlex.join(launch.argv)}"]
+             f"model: {launch.model_dir}",
+             *([f"env: {' '.join(f'{k}={shlex.quote(v)}' for k, v in launch.env)}"] if launch.env else []),
+             f"command: {shlex.join(launch.argv)}"]
     return Decision(launch, tuple(lines))
 
 
@@ -58,7 +65,7 @@ def launch(req: LaunchRequest, env: Mapping[str, str], log: Callable[[str], None
     decision: Decision | TrtkitError | None = None
     if comm.rank == 0:
         try:
-            decision = decide(req, world_size)
+            decision = decide(req, world_size, env)
         except TrtkitError as exc:
             decision = exc
     decision = comm.bcast(decision)
@@ -71,4 +78,4 @@ def launch(req: LaunchRequest, env: Mapping[str, str], log: Callable[[str], None
         return 0
     check_model_dir(decision.launch.model_dir)
     health = decision.launch.health_url if comm.rank == 0 else None
-    return supervise(decision.launch.argv, health, req.ready_timeout_s, log)
+    return supervise(decision.launch.argv, health, req.ready_timeout_s, log, env=dict(decision.launch.env))

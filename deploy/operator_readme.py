@@ -20,17 +20,22 @@ both, proven against the source model before any GPU sees it.
 |---|---|
 | `checkpoint/` | NVFP4 experts (W4A4, calibrated `input_scale`), BF16 elsewhere, Model Optimizer layout |
 | `recipes/<gpu>/<profile>/` | `options.yaml` for `trtllm-serve`, `serve.sh`, Slurm, Kubernetes, Dynamo, `recipe.yaml` |
+| `recipes/<hopper gpu>/<profile>-nvfp4/` | the same for `checkpoint/` on Hopper, its MoE on the trtkit::moe plugin (one GPU per instance; trtkit must be importable where it runs: `TRTKIT_DIR`) |
 | `verification.json`, `VERIFICATION.md` | logits and weights compared with the source ({blocks}) |
 | `manifest.json` | sha256 of every file; `trtkit bundle check .` re-verifies them |
 
 Source checkpoint: `{src.resolve()}` (Hopper recipes serve it directly: H100/H200 have no FP4 hardware,
-so they run the MXFP4 source weights with BF16 activations).
+so they run the MXFP4 source weights with BF16 activations). Hopper's `-nvfp4` recipes serve `checkpoint/`
+instead: its NVFP4 experts are decoded to BF16 inside trtkit's Triton MoE kernel, so a mixed fleet can
+run this one checkpoint everywhere (`trtkit launch . --checkpoint nvfp4`; predicted slower than the
+MXFP4 path, see `BENCHMARKS.md` of trtkit).
 
 ## Launch
 
 ```bash
 trtkit launch .                      # checks the node (NVML), picks the recipe that fits, starts trtllm-serve
 trtkit launch . --profile latency --dry-run   # show the decision, the checks and the exact command
+trtkit launch . --checkpoint nvfp4   # Hopper: serve this bundle's checkpoint through trtkit::moe
 ```
 
 Or by hand: `bash recipes/<gpu>/<profile>/serve.sh` on one node, `sbatch recipes/<gpu>/<profile>/slurm.sbatch`

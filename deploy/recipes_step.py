@@ -1,5 +1,7 @@
 """The plan-and-render step of `trtkit build`: for each GPU type, search one fleet (an 8-GPU node, or
-a GB200 NVL72 rack) for the bundle's model and write the latency/balanced/throughput recipes."""
+a GB200 NVL72 rack) for the bundle's model and write the latency/balanced/throughput recipes. On Hopper
+a second search restricted to the bundle's own NVFP4 checkpoint (served through the trtkit::moe plugin)
+writes `<profile>-nvfp4` recipes beside them."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 from recipes.hardware import gpu
 from recipes.memory import Workload
 from recipes.model import resolve_model
+from recipes.precision import ARCH_PRECISION, QUANTS, Checkpoint
 from recipes.render import recipes_of, write_recipe
 from recipes.search import PlanRequest, search
 
@@ -16,6 +19,19 @@ from recipes.search import PlanRequest, search
 def fleet_size(key: str) -> int:
     """One NVLink domain: 8 GPUs on HGX boards, 72 on a GB200 NVL72 rack."""
     return gpu(key).nvlink_domain
+
+
+def _searches(gpus: tuple[str, ...]) -> list[tuple[str, Checkpoint | None]]:
+    """(GPU, checkpoint restriction) per search: the best deployment of each GPU, plus the bundle's own
+    NVFP4 checkpoint wherever the best one serves another (Hopper: the MXFP4 source)."""
+    out: list[tuple[str, Checkpoint | None]] = []
+    for key in gpus:
+        out.append((key, None))
+        quants = ARCH_PRECISION[gpu(key).arch].quants
+        if QUANTS[quants[0]].checkpoint is not Checkpoint.NVFP4 and any(
+                QUANTS[q].checkpoint is Checkpoint.NVFP4 for q in quants):
+            out.append((key, Checkpoint.NVFP4))
+    return out
 
 
 def render_bundle_recipes(ckpt: Path, src: Path, out: Path, *, gpus: tuple[str, ...], isl: int, osl: int,
@@ -27,10 +43,12 @@ def render_bundle_recipes(ckpt: Path, src: Path, out: Path, *, gpus: tuple[str, 
     model = replace(resolve_model(str(ckpt)), name=Path(src).resolve().name,
                     path=str(Path(final_checkpoint).resolve()))
     rows = []
-    for key in gpus:
-        result = search(PlanRequest(model=model, gpu=gpu(key), work=Workload(isl, osl), gpus=fleet_size(key)))
-        for profile, recipe in recipes_of(result).items():
-            folder = write_recipe(recipe, out / key / profile.value)
+    for key, checkpoint in _searches(gpus):
+        req = PlanRequest(model=model, gpu=gpu(key), work=Workload(isl, osl), gpus=fleet_size(key),
+                          checkpoint=checkpoint)
+        suffix = f"-{checkpoint.value}" if checkpoint else ""
+        for profile, recipe in recipes_of(search(req)).items():
+            folder = write_recipe(recipe, out / key / f"{profile.value}{suffix}")
             c = recipe.cand
             rows.append({"gpu": key, "profile": profile.value, "path": str(folder.relative_to(out.parent)),
                          "layout": c.layout.label, "checkpoint": recipe.checkpoint.value,

@@ -59,8 +59,13 @@ class RecipeRef:
         return self.doc["model"]["checkpoint"]
 
     @property
+    def uses_plugin(self) -> bool:
+        """The MoE runs on trtkit::moe (recipe.yaml names the plugin): the NVFP4 checkpoint on Hopper."""
+        return bool(self.doc.get("plugin"))
+
+    @property
     def label(self) -> str:
-        return f"{self.gpu['key']}/{self.profile}"
+        return f"{self.gpu['key']}/{self.profile}" + (" (nvfp4 via trtkit::moe)" if self.uses_plugin else "")
 
     @property
     def uses_load_balancer(self) -> bool:
@@ -78,9 +83,9 @@ def _arch(r: RecipeRef, n: Node, ctx: dict) -> str | None:
 
 
 def _fp4_on_hopper(r: RecipeRef, n: Node, ctx: dict) -> str | None:
-    if r.checkpoint == "nvfp4" and n.gpu.arch == "hopper":
-        return ("NVFP4 on Hopper: W4A4 needs Blackwell FP4 tensor cores; use a Hopper recipe, which "
-                "serves the MXFP4 source checkpoint")
+    if r.doc["layout"]["quant_algo"] == "NVFP4" and n.gpu.arch == "hopper":
+        return ("NVFP4 W4A4 on Hopper: needs Blackwell FP4 tensor cores; use a Hopper recipe (the MXFP4 "
+                "source, or the NVFP4 checkpoint through trtkit::moe)")
     return None
 
 
@@ -167,9 +172,14 @@ def find_recipes(root: Path) -> list[RecipeRef]:
     return [RecipeRef.load(p.parent) for p in found]
 
 
-def choose(recipes: list[RecipeRef], node: Node, profile: str | None, world_size: int | None = None
+def choose(recipes: list[RecipeRef], node: Node, profile: str | None, world_size: int | None = None,
+           checkpoint: str | None = None, present: Callable[[RecipeRef], bool] = lambda r: True
            ) -> tuple[RecipeRef, list[str]]:
-    """(chosen recipe, explanation lines); NoFit listing every reason when nothing fits."""
+    """(chosen recipe, explanation lines); NoFit listing every reason when nothing fits.
+
+    Among the recipes that fit, in order: the requested checkpoint, one whose checkpoint is on this
+    machine (`present`), the requested profile, the exact GPU model, TensorRT-LLM's own MoE before the
+    trtkit::moe plugin (predicted faster on Hopper), then PROFILE_ORDER."""
     verdicts = [(r, reasons(r, node, world_size)) for r in recipes]
     fits = [r for r, why in verdicts if not why]
     if not fits:
@@ -178,7 +188,8 @@ def choose(recipes: list[RecipeRef], node: Node, profile: str | None, world_size
 
     def rank(r: RecipeRef) -> tuple:
         order = PROFILE_ORDER.index(r.profile) if r.profile in PROFILE_ORDER else len(PROFILE_ORDER)
-        return (r.profile != profile, r.gpu["key"] != node.gpu.key, order)
+        return (checkpoint is not None and r.checkpoint != checkpoint, not present(r), r.profile != profile,
+                r.gpu["key"] != node.gpu.key, r.uses_plugin, order)
 
     best = min(fits, key=rank)
     why = [f"node: {node.describe()}",
@@ -188,5 +199,9 @@ def choose(recipes: list[RecipeRef], node: Node, profile: str | None, world_size
         why += ["rejected:", *rejected]
     if profile and best.profile != profile:
         why.append(f"requested profile {profile!r} does not fit; using {best.profile!r}")
+    if checkpoint and best.checkpoint != checkpoint:
+        why.append(f"no recipe for the {checkpoint} checkpoint fits; using {best.checkpoint}")
+    if not present(best):
+        why.append(f"warning: the {best.checkpoint} checkpoint of {best.label} is not on this machine")
     why.append(f"chosen: {best.label} ({best.folder})")
     return best, why

@@ -3,12 +3,13 @@ timeout and a clear failure), let its log stream through, and return its exit co
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 NOT_READY_EXIT = 3  # the server never became ready within the timeout
 STOP_GRACE_S = 30.0
@@ -37,8 +38,10 @@ def exit_code(returncode: int) -> int:
 
 
 def supervise(argv: Sequence[str], health_url: str | None, ready_timeout_s: float,
-              log: Callable[[str], None], poll_s: float = 0.5) -> int:
-    proc = subprocess.Popen(list(argv))  # stdout/stderr inherited: the server's log streams through
+              log: Callable[[str], None], poll_s: float = 0.5, env: Mapping[str, str] | None = None) -> int:
+    """env: variables set on top of this process's environment for the server."""
+    # stdout/stderr inherited: the server's log streams through
+    proc = subprocess.Popen(list(argv), env={**os.environ, **env} if env else None)
     forwarded: list[int] = []
 
     def forward(signum, _frame) -> None:

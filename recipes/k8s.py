@@ -1,7 +1,10 @@
 """Kubernetes manifests of a recipe: a LeaderWorkerSet (plain Kubernetes, one leader + workers per
 replica) and an aggregated Dynamo `DynamoGraphDeployment`, each preceded by the ConfigMap that carries
 the TensorRT-LLM options. Commands are argument lists (no shell) except the LWS leader, whose one shell
-line only expands the LWS environment; every literal in it is shlex-quoted.
+line only expands the LWS environment; every literal in it is shlex-quoted. Recipes on the trtkit::moe
+plugin (backend TRTKIT) also mount a trtkit checkout from the PersistentVolumeClaim `trtkit-source` at
+/opt/trtkit and put it on PYTHONPATH (Dynamo's worker has no --custom_module_dirs: it imports the model
+package first, then runs dynamo.trtllm as __main__).
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from typing import Any
 
 import yaml
 
+from plugins import trtllm
 from recipes.recipe import DYNAMO_IMAGE, OPTIONS_FILE, PORT, TRTLLM_IMAGE, Recipe, options_yaml
 
 CONFIG_DIR = "/config"
 MODEL_PVC = "model-cache"
 MODEL_MOUNT = "/models"
+TRTKIT_PVC = "trtkit-source"
+TRTKIT_MOUNT = "/opt/trtkit"
 
 
 def config_map(r: Recipe) -> dict[str, Any]:
@@ -34,14 +40,30 @@ def _labels(r: Recipe) -> dict[str, str]:
 
 
 def _volumes(r: Recipe) -> list[dict[str, Any]]:
+    """options, models, then the plugin's trtkit checkout (plugin backends), then /dev/shm."""
     return [{"name": "options", "configMap": {"name": _cm_name(r)}},
             {"name": "models", "persistentVolumeClaim": {"claimName": MODEL_PVC}},
+            *([{"name": "trtkit", "persistentVolumeClaim": {"claimName": TRTKIT_PVC, "readOnly": True}}]
+              if r.lay.moe_backend.is_plugin else []),
             {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
 
 
-def _mounts() -> list[dict[str, Any]]:
+def _mounts(r: Recipe) -> list[dict[str, Any]]:
     return [{"name": "options", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "models", "mountPath": MODEL_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
+            {"name": "models", "mountPath": MODEL_MOUNT},
+            *([{"name": "trtkit", "mountPath": TRTKIT_MOUNT, "readOnly": True}] if r.lay.moe_backend.is_plugin else []),
+            {"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def _plugin_env(r: Recipe) -> list[dict[str, Any]]:
+    if not r.lay.moe_backend.is_plugin:
+        return []
+    path = ":".join(TRTKIT_MOUNT if p == "." else f"{TRTKIT_MOUNT}/{p}" for p in trtllm.PYTHONPATH)
+    return [{"name": "PYTHONPATH", "value": path}, {"name": trtllm.STORAGE_ENV, "value": trtllm.STORAGES[0]}]
+
+
+def _plugin_args(r: Recipe) -> list[str]:
+    return ["--custom_module_dirs", f"{TRTKIT_MOUNT}/{trtllm.MODULE_DIR}"] if r.lay.moe_backend.is_plugin else []
 
 
 def _k8s_model_dir(r: Recipe) -> str:
@@ -50,15 +72,16 @@ def _k8s_model_dir(r: Recipe) -> str:
 
 def _serve_args(r: Recipe) -> list[str]:
     return ["trtllm-serve", _k8s_model_dir(r), "--config", f"{CONFIG_DIR}/{OPTIONS_FILE}", "--host", "0.0.0.0",
-            "--port", str(PORT), "--served_model_name", r.served_name]
+            "--port", str(PORT), "--served_model_name", r.served_name, *_plugin_args(r)]
 
 
 def _container(r: Recipe, name: str, command: list[str], leader: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": name, "image": TRTLLM_IMAGE, "command": command,
         "resources": {"limits": {"nvidia.com/gpu": r.gpus_per_node}},
-        "volumeMounts": _mounts(),
+        "volumeMounts": _mounts(r),
     }
+    out.update(_env_entry(r))
     if leader:
         out["ports"] = [{"containerPort": PORT, "name": "http"}]
         out["readinessProbe"] = {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 10,
@@ -97,7 +120,7 @@ def leader_worker_set(r: Recipe) -> dict[str, Any]:
     leader = _container(r, "trtllm-leader", leader_command(r), leader=True)
     template: dict[str, Any] = {"size": r.hosts, "restartPolicy": "RecreateGroupOnPodRestart"}
     if r.hosts > 1:
-        leader["env"] = _lws_env()
+        leader["env"] = leader.get("env", []) + _lws_env()
         template["leaderTemplate"] = _pod(r, leader)
         template["workerTemplate"] = _pod(r, _container(r, "trtllm-worker", ["/usr/sbin/sshd", "-D"], False))
     else:
@@ -109,15 +132,18 @@ def leader_worker_set(r: Recipe) -> dict[str, Any]:
 
 
 def dynamo_graph(r: Recipe) -> dict[str, Any]:
-    worker_args = ["python3", "-m", "dynamo.trtllm", "--model-path", _k8s_model_dir(r),
+    run = (["python3", "-c", f"import runpy, {trtllm.PACKAGE}; "
+                              "runpy.run_module('dynamo.trtllm', run_name='__main__', alter_sys=True)"]
+           if r.lay.moe_backend.is_plugin else ["python3", "-m", "dynamo.trtllm"])
+    worker_args = [*run, "--model-path", _k8s_model_dir(r),
                    "--served-model-name", r.served_name, "--extra-engine-args", f"{CONFIG_DIR}/{OPTIONS_FILE}"]
     worker: dict[str, Any] = {
         "componentType": "worker", "replicas": r.cand.replicas,
         "resources": {"limits": {"gpu": str(r.gpus_per_node)}, "requests": {"gpu": str(r.gpus_per_node)}},
         "sharedMemory": {"size": "80Gi"},
         "extraPodSpec": {"mainContainer": {"image": DYNAMO_IMAGE, "command": worker_args,
-                                           "volumeMounts": _mounts()[:2]},
-                         "volumes": _volumes(r)[:2]},
+                                           "volumeMounts": _mounts(r)[:-1], **_env_entry(r)},
+                         "volumes": _volumes(r)[:-1]},
     }
     if r.hosts > 1:
         worker["multinode"] = {"nodeCount": r.hosts}
@@ -127,6 +153,10 @@ def dynamo_graph(r: Recipe) -> dict[str, Any]:
     return {"apiVersion": "nvidia.com/v1alpha1", "kind": "DynamoGraphDeployment",
             "metadata": {"name": r.name, "labels": _labels(r)},
             "spec": {"backendFramework": "trtllm", "services": {"Frontend": frontend, "TRTLLMWorker": worker}}}
+
+
+def _env_entry(r: Recipe) -> dict[str, Any]:
+    return {"env": _plugin_env(r)} if r.lay.moe_backend.is_plugin else {}
 
 
 def _docs(r: Recipe, main: dict[str, Any], what: str) -> str:

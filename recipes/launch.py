@@ -1,7 +1,8 @@
 """Shell launchers of a recipe: `serve.sh` (one node) and `slurm.sbatch` (srun + trtllm-llmapi-launch).
 
 Every value that reaches the shell goes through shlex.quote; defaults are overridable by environment
-variables (MODEL_DIR, PORT, REPLICA, CONTAINER_IMAGE, RECIPE_DIR) whose expansions are always quoted.
+variables (MODEL_DIR, PORT, REPLICA, CONTAINER_IMAGE, RECIPE_DIR, and TRTKIT_DIR for the trtkit::moe
+plugin) whose expansions are always quoted.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from shlex import quote
 
+from plugins import trtllm
 from recipes.recipe import OPTIONS_FILE, PORT, TRTLLM_IMAGE, Recipe
 
 
@@ -26,6 +28,24 @@ def _default(var: str, value: str) -> list[str]:
     """`VAR` from the environment, else `value`. The default is quoted in a plain assignment: inside
     "${VAR:-...}" bash would keep single quotes literally."""
     return [f"DEFAULT_{var}={quote(value)}", f'{var}="${{{var}:-$DEFAULT_{var}}}"']
+
+
+# the trtkit root (the folder holding plugins/) of the python3 on PATH, for serve.sh's default TRTKIT_DIR
+_FIND_TRTKIT = ("import os, plugins; "
+                "print(os.path.dirname(os.path.dirname(os.path.abspath(plugins.__file__))))")
+
+
+def _plugin_env(r: Recipe) -> list[str]:
+    """PYTHONPATH and the expert storage for the trtkit::moe plugin (plugin backends only; TRTKIT_DIR set)."""
+    if not r.lay.moe_backend.is_plugin:
+        return []
+    path = ":".join('"$TRTKIT_DIR"' + ("" if p == "." else "/" + quote(p)) for p in trtllm.PYTHONPATH)
+    return [f"export PYTHONPATH={path}\"${{PYTHONPATH:+:$PYTHONPATH}}\"",
+            f"export {trtllm.STORAGE_ENV}=\"${{{trtllm.STORAGE_ENV}:-{trtllm.STORAGES[0]}}}\""]
+
+
+def _plugin_args(r: Recipe) -> str:
+    return f' --custom_module_dirs "$TRTKIT_DIR"/{quote(trtllm.MODULE_DIR)}' if r.lay.moe_backend.is_plugin else ""
 
 
 def serve_sh(r: Recipe) -> str:
@@ -47,11 +67,17 @@ def serve_sh(r: Recipe) -> str:
         "exit 1; fi",
         f"FIRST=$((REPLICA * {tp}))",
         f"export CUDA_VISIBLE_DEVICES=\"$(seq -s, \"$FIRST\" $((FIRST + {tp - 1})))\"",
+        *([f"TRTKIT_DIR=\"${{TRTKIT_DIR:-$(python3 -c {quote(_FIND_TRTKIT)})}}\"  # trtkit::moe plugin"]
+          if r.lay.moe_backend.is_plugin else []),
+        *_plugin_env(r),
         f"exec trtllm-serve \"$MODEL_DIR\" --config \"$HERE\"/{quote(OPTIONS_FILE)} --host 0.0.0.0 "
-        f"--port \"$((PORT + REPLICA))\" --served_model_name {quote(r.served_name)}",
+        f"--port \"$((PORT + REPLICA))\" --served_model_name {quote(r.served_name)}{_plugin_args(r)}",
         "",
     ]
     return "\n".join(lines)
+
+
+_NEED_TRTKIT = "set TRTKIT_DIR to a trtkit checkout on shared storage (the folder holding plugins/)"
 
 
 def _job_name(r: Recipe) -> str:
@@ -80,10 +106,16 @@ def slurm_sbatch(r: Recipe) -> str:
         *_default("CONTAINER_IMAGE", TRTLLM_IMAGE),
         'RECIPE_DIR="${RECIPE_DIR:-$SLURM_SUBMIT_DIR}"',
         f"PORT=\"${{PORT:-{PORT}}}\"",
+    ]
+    mounts = "$MODEL_DIR:$MODEL_DIR,$RECIPE_DIR:$RECIPE_DIR"
+    if r.lay.moe_backend.is_plugin:  # the container gets trtkit from shared storage (srun passes the env on)
+        lines += [f"TRTKIT_DIR=\"${{TRTKIT_DIR:?{_NEED_TRTKIT}}}\"", *_plugin_env(r)]
+        mounts += ",$TRTKIT_DIR:$TRTKIT_DIR"
+    lines += [
         f"srun --mpi=pmix --ntasks={tp} --ntasks-per-node={per_node} \\",
-        '  --container-image="$CONTAINER_IMAGE" --container-mounts="$MODEL_DIR:$MODEL_DIR,$RECIPE_DIR:$RECIPE_DIR" \\',
+        f'  --container-image="$CONTAINER_IMAGE" --container-mounts="{mounts}" \\',
         f"  trtllm-llmapi-launch trtllm-serve \"$MODEL_DIR\" --config \"$RECIPE_DIR\"/{quote(OPTIONS_FILE)} \\",
-        f"  --host 0.0.0.0 --port \"$PORT\" --served_model_name {quote(r.served_name)}",
+        f"  --host 0.0.0.0 --port \"$PORT\" --served_model_name {quote(r.served_name)}{_plugin_args(r)}",
         "",
     ]
     return "\n".join(lines)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from builder.spec import ModelSpec
 from recipes.errors import LayoutError
 from recipes.hardware import GpuSpec
-from recipes.precision import ARCH_PRECISION, QUANTS, KvDtype, MoeBackend, QuantAlgo, QuantSpec
+from recipes.precision import (
+    ARCH_PRECISION,
+    BACKEND_QUANTS,
+    QUANTS,
+    KvDtype,
+    MoeBackend,
+    QuantAlgo,
+    QuantSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,7 @@ def _quant_on_arch(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
                if lay.quant is QuantAlgo.NVFP4 else " is not served on this architecture")
         raise LayoutError(
             f"{lay.quant.value}{why}; {gpu.name} is {gpu.arch.value} (SM{gpu.compute_capability.replace('.', '')}): "
-            f"use {' or '.join(q.value for q in allowed)} with the "
-            f"{QUANTS[allowed[0]].checkpoint.value} checkpoint")
+            f"use {' or '.join(f'{q.value} with the {QUANTS[q].checkpoint.value} checkpoint' for q in allowed)}")
 
 
 def _backend_on_arch(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
@@ -141,6 +148,20 @@ def _ep_only_backend(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
             f"{lay.tp} / {lay.ep} = {lay.moe_tp} must be 1; set ep = tp = {lay.tp} or use CUTLASS")
 
 
+def _backend_serves_quant(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
+    served = BACKEND_QUANTS[lay.moe_backend]
+    if lay.quant not in served:
+        other = [b.value for b in ARCH_PRECISION[gpu.arch].backends if lay.quant in BACKEND_QUANTS[b]]
+        raise LayoutError(f"MoE backend {lay.moe_backend.value} does not serve {lay.quant.value} experts (it serves "
+                          f"{', '.join(q.value for q in served)}); use {' or '.join(other) or 'another precision'}")
+
+
+def _single_gpu_backend(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
+    if lay.moe_backend in ARCH_PRECISION[gpu.arch].single_gpu_backends and lay.tp != 1:
+        raise LayoutError(f"MoE backend {lay.moe_backend.value} (the trtkit::moe plugin) runs one GPU per "
+                          f"instance: tensor_parallel_size={lay.tp} must be 1; serve {lay.tp} replicas instead")
+
+
 def _kv_on_arch(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
     allowed = ARCH_PRECISION[gpu.arch].kv_dtypes
     if lay.kv_dtype not in allowed:
@@ -150,7 +171,7 @@ def _kv_on_arch(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
 
 RULES = (_positive, _ep_divides_tp, _experts_divide, _heads_divide, _moe_tp_divides,
          _attention_dp_needs_ranks, _one_domain, _quant_on_arch, _backend_on_arch, _ep_only_backend,
-         _kv_on_arch)
+         _backend_serves_quant, _single_gpu_backend, _kv_on_arch)
 
 
 def check_fleet(tp: int, gpus: int, gpu: GpuSpec) -> int:
@@ -166,7 +187,9 @@ def instance_sizes(gpus: int, gpu: GpuSpec) -> list[int]:
     return [d for d in _divisors(gpus) if d <= gpu.nvlink_domain]
 
 
-def default_backend(gpu: GpuSpec, moe_tp: int) -> MoeBackend:
-    """The first allowed backend that accepts this MoE TP."""
+def default_backend(gpu: GpuSpec, moe_tp: int, quant: QuantAlgo | None = None) -> MoeBackend:
+    """The first allowed backend that accepts this MoE TP and serves `quant` (any precision: None)."""
     prec = ARCH_PRECISION[gpu.arch]
-    return next(b for b in prec.backends if moe_tp == 1 or b not in prec.ep_only_backends)
+    ok = [b for b in prec.backends if (moe_tp == 1 or b not in prec.ep_only_backends)
+          and (quant is None or quant in BACKEND_QUANTS[b])]
+    return ok[0] if ok else prec.backends[0]

@@ -2,8 +2,10 @@
 
 One table per concern (sources: shared/reference/gpt-oss.md "Serving facts", formats.md "Quantization
 names"). Hopper has no FP4 tensor cores: it serves the MXFP4 source checkpoint as W4A16_MXFP4
-(weights dequantized to BF16 inside the GEMM). Blackwell serves the trtkit NVFP4 checkpoint as W4A4
-(`NVFP4`) or the MXFP4 source as W4A8_MXFP4_MXFP8.
+(weights dequantized to BF16 inside the GEMM), or the trtkit NVFP4 checkpoint as W4A16_NVFP4 through
+the trtkit::moe plugin (backend TRTKIT: `plugins/trtllm`, one GPU per instance), so a mixed fleet can
+serve one NVFP4 checkpoint everywhere. Blackwell serves the NVFP4 checkpoint as W4A4 (`NVFP4`) or the
+MXFP4 source as W4A8_MXFP4_MXFP8.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class QuantAlgo(str, Enum):
     W4A16_MXFP4 = "W4A16_MXFP4"
     W4A8_MXFP4_MXFP8 = "W4A8_MXFP4_MXFP8"
     NVFP4 = "NVFP4"  # W4A4
+    W4A16_NVFP4 = "W4A16_NVFP4"  # NVFP4 weights, BF16 activations (Hopper, trtkit::moe)
 
 
 class MoeBackend(str, Enum):
@@ -29,6 +32,13 @@ class MoeBackend(str, Enum):
     CUTLASS = "CUTLASS"
     TRTLLM = "TRTLLM"
     TRITON = "TRITON"  # expert parallel only; deprecated from TensorRT-LLM 1.3
+    TRTKIT = "TRTKIT"  # trtkit::moe via the out-of-tree model (plugins/trtllm), not a moe_config value
+
+    @property
+    def is_plugin(self) -> bool:
+        """Not a TensorRT-LLM moe_config.backend: the options YAML leaves moe_config out and the serve
+        command loads the plugin (`--custom_module_dirs`)."""
+        return self in PLUGIN_BACKENDS
 
 
 class KvDtype(str, Enum):
@@ -62,6 +72,19 @@ QUANTS: dict[QuantAlgo, QuantSpec] = {
                                           Compute.FP8, 1.0 + 1 / 32, "MXFP4 weights, MXFP8 activations"),
     QuantAlgo.NVFP4: QuantSpec(QuantAlgo.NVFP4, Checkpoint.NVFP4, ExpertFormat.NVFP4, Compute.FP4,
                                0.5 + 1 / 16, "NVFP4 weights and activations (W4A4), FP4 tensor cores"),
+    QuantAlgo.W4A16_NVFP4: QuantSpec(QuantAlgo.W4A16_NVFP4, Checkpoint.NVFP4, ExpertFormat.NVFP4, Compute.BF16,
+                                     2.0, "NVFP4 weights decoded to BF16 in the trtkit::moe Triton kernel"),
+}
+
+PLUGIN_BACKENDS = (MoeBackend.TRTKIT,)
+
+# the expert precisions each backend serves (TensorRT-LLM has no NVFP4 MoE for gpt-oss's SwiGLU on
+# Hopper, so W4A16_NVFP4 is trtkit's alone, and trtkit's MoE serves nothing else)
+BACKEND_QUANTS: dict[MoeBackend, tuple[QuantAlgo, ...]] = {
+    MoeBackend.TRITON: (QuantAlgo.W4A16_MXFP4,),
+    MoeBackend.CUTLASS: (QuantAlgo.W4A16_MXFP4, QuantAlgo.NVFP4, QuantAlgo.W4A8_MXFP4_MXFP8),
+    MoeBackend.TRTLLM: (QuantAlgo.NVFP4, QuantAlgo.W4A8_MXFP4_MXFP8),
+    MoeBackend.TRTKIT: (QuantAlgo.W4A16_NVFP4,),
 }
 
 KV_BYTES: dict[KvDtype, int] = {KvDtype.FP8: 1, KvDtype.AUTO: 2}  # bytes per cached K or V element
@@ -75,17 +98,25 @@ class ArchPrecision:
     backends: tuple[MoeBackend, ...]
     kv_dtypes: tuple[KvDtype, ...]
     ep_only_backends: tuple[MoeBackend, ...] = ()  # backends that need MoE TP = 1
+    single_gpu_backends: tuple[MoeBackend, ...] = ()  # backends that need tensor_parallel_size = 1
 
 
 ARCH_PRECISION: dict[Arch, ArchPrecision] = {
-    Arch.HOPPER: ArchPrecision(quants=(QuantAlgo.W4A16_MXFP4,),
-                               backends=(MoeBackend.TRITON, MoeBackend.CUTLASS),
+    Arch.HOPPER: ArchPrecision(quants=(QuantAlgo.W4A16_MXFP4, QuantAlgo.W4A16_NVFP4),
+                               backends=(MoeBackend.TRITON, MoeBackend.CUTLASS, MoeBackend.TRTKIT),
                                kv_dtypes=(KvDtype.FP8, KvDtype.AUTO),
-                               ep_only_backends=(MoeBackend.TRITON,)),
+                               ep_only_backends=(MoeBackend.TRITON,),
+                               single_gpu_backends=(MoeBackend.TRTKIT,)),
     Arch.BLACKWELL: ArchPrecision(quants=(QuantAlgo.NVFP4, QuantAlgo.W4A8_MXFP4_MXFP8),
                                   backends=(MoeBackend.TRTLLM, MoeBackend.CUTLASS),
                                   kv_dtypes=(KvDtype.FP8, KvDtype.AUTO)),
 }
+
+# trtkit::moe on H100 relative to the model's TRITON prediction: the median over the 8 MoE decode points
+# of BENCHMARKS.md (graph-timed, batch 1/8/32/128, 120b and 20b layers, measured 2026-11-22 before the
+# pipelined scale loads and the spread storage) of predicted / measured per-layer time;
+# tests/test_recipes_trtkit.py recomputes it from that table.
+TRTKIT_SPEED = 0.8
 
 # Relative speed of the MoE kernels by backend (a prior, not fitted: the published points were measured
 # with the first backend of each architecture, which the calibration absorbs as 1.0). TensorRT-LLM's
@@ -94,6 +125,7 @@ ARCH_PRECISION: dict[Arch, ArchPrecision] = {
 BACKEND_SPEED: dict[tuple[Arch, MoeBackend], float] = {
     (Arch.HOPPER, MoeBackend.TRITON): 1.0,
     (Arch.HOPPER, MoeBackend.CUTLASS): 0.85,
+    (Arch.HOPPER, MoeBackend.TRTKIT): TRTKIT_SPEED,
     (Arch.BLACKWELL, MoeBackend.TRTLLM): 1.0,
     (Arch.BLACKWELL, MoeBackend.CUTLASS): 0.95,
 }

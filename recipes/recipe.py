@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from builder.spec import ModelSpec
+from plugins import trtllm
 from recipes.hardware import GpuSpec
 from recipes.memory import CONSTANTS, Workload, max_num_tokens
 from recipes.model import ModelRef
@@ -65,7 +66,8 @@ class Recipe:
     @property
     def name(self) -> str:
         """DNS-1123 name for jobs and Kubernetes objects."""
-        raw = f"trtkit-{self.model.name}-{self.gpu.key}-{self.work.tag}-{self.profile.value}"
+        plugin = "-nvfp4" if self.lay.moe_backend.is_plugin else ""  # beside the same profile's MXFP4 recipe
+        raw = f"trtkit-{self.model.name}-{self.gpu.key}-{self.work.tag}-{self.profile.value}{plugin}"
         return re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:63].rstrip("-")
 
     @property
@@ -92,7 +94,8 @@ def options(r: Recipe) -> dict[str, Any]:
         "max_batch_size": c.batch,
         "max_num_tokens": r.max_num_tokens,
         "max_seq_len": r.work.seq_len,
-        "moe_config": {"backend": lay.moe_backend.value},
+        # a plugin backend replaces TensorRT-LLM's MoE module: there is no moe_config.backend to name
+        **({} if lay.moe_backend.is_plugin else {"moe_config": {"backend": lay.moe_backend.value}}),
         "cuda_graph_config": {"enable_padding": True, "max_batch_size": c.batch},
         "kv_cache_config": {"dtype": lay.kv_dtype.value,
                             "free_gpu_memory_fraction": CONSTANTS.free_gpu_memory_fraction},
@@ -102,6 +105,16 @@ def options(r: Recipe) -> dict[str, Any]:
     if lay.attention_dp:
         out["attention_dp_config"] = dict(ADP_BALANCE)
     return out
+
+
+def plugin_doc(r: Recipe) -> dict[str, Any] | None:
+    """How the serve command loads trtkit's MoE (plugin backends only); paths relative to the trtkit root
+    (TRTKIT_DIR, the folder holding plugins/)."""
+    if not r.lay.moe_backend.is_plugin:
+        return None
+    return {"custom_module_dirs": trtllm.MODULE_DIR, "pythonpath": list(trtllm.PYTHONPATH),
+            "env": {trtllm.STORAGE_ENV: trtllm.STORAGES[0]},
+            "needs": "trtkit importable in the serving environment (pip install 'trtkit[gpu]', or a checkout)"}
 
 
 def options_yaml(r: Recipe) -> str:
@@ -120,6 +133,9 @@ def options_yaml(r: Recipe) -> str:
         f"# experts {lay.quant.value} from the {r.checkpoint.value} checkpoint (read from the checkpoint, "
         f"not an option)",
     ]
+    if lay.moe_backend.is_plugin:
+        header.append(f"# MoE: trtkit::moe (no moe_config): trtllm-serve ... --custom_module_dirs "
+                      f"$TRTKIT_DIR/{trtllm.MODULE_DIR}, see serve.sh")
     return "\n".join(header) + "\n" + yaml.safe_dump(options(r), sort_keys=False)
 
 
@@ -180,6 +196,7 @@ def recipe_doc(r: Recipe) -> dict[str, Any]:
                    "max_num_tokens": r.max_num_tokens, "max_seq_len": r.work.seq_len},
         "predicted": _predicted(r),
         "tensorrt_llm": {"version": TRTLLM_VERSION, "image": TRTLLM_IMAGE, "options_file": OPTIONS_FILE},
+        **({"plugin": plugin_doc(r)} if r.lay.moe_backend.is_plugin else {}),
         "files": list(FILES),
         "notes": _notes(r),
     }
@@ -198,6 +215,10 @@ def _notes(r: Recipe) -> list[str]:
         notes.append(f"serves the MXFP4 release checkpoint as {r.lay.quant.value}"
                      + (" (Hopper: no FP4 tensor cores; NVFP4 W4A4 never runs here)"
                         if r.gpu.arch.value == "hopper" else ""))
+    if r.lay.moe_backend.is_plugin:
+        notes.append(f"serves the NVFP4 checkpoint on {r.gpu.name} with NVFP4 weights decoded to BF16 in "
+                     f"trtkit::moe (Hopper has no FP4 tensor cores and TensorRT-LLM no NVFP4 MoE for gpt-oss "
+                     f"here): one GPU per instance, trtkit importable where it runs (TRTKIT_DIR)")
     return notes
 
 

@@ -24,7 +24,7 @@ from recipes.layout import Layout, check_fleet, check_layout, instance_sizes
 from recipes.memory import Workload, check_workload, max_seqs_per_rank
 from recipes.model import ModelRef
 from recipes.perf import PerfModel
-from recipes.precision import ARCH_PRECISION
+from recipes.precision import ARCH_PRECISION, QUANTS, Checkpoint
 
 
 class Profile(str, Enum):
@@ -58,6 +58,7 @@ class PlanRequest:
     gpus: int | None = None          # fleet size; None with target_users = as many as needed
     sla: Sla = field(default_factory=Sla)
     target_users: int | None = None  # concurrent users the fleet must hold
+    checkpoint: Checkpoint | None = None  # serve only this checkpoint (None: whichever is best)
 
     def __post_init__(self) -> None:
         if self.gpus is None and self.target_users is None:
@@ -111,14 +112,17 @@ class SearchResult:
     deployments_evaluated: int
 
 
-def valid_layouts(model: ModelRef, gpu: GpuSpec, sizes: list[int]) -> list[Layout]:
-    """Every layout TensorRT-LLM accepts for these instance sizes (invalid ones are skipped)."""
+def valid_layouts(model: ModelRef, gpu: GpuSpec, sizes: list[int],
+                  checkpoint: Checkpoint | None = None) -> list[Layout]:
+    """Every layout TensorRT-LLM accepts for these instance sizes (invalid ones are skipped), serving
+    `checkpoint` when one is given."""
     prec = ARCH_PRECISION[gpu.arch]
     spec = model.spec
+    quants = [q for q in prec.quants if checkpoint is None or QUANTS[q].checkpoint is checkpoint]
     out = []
     for tp in sizes:
         eps = [d for d in range(1, tp + 1) if tp % d == 0 and spec.num_local_experts % d == 0]
-        for ep, adp, backend, quant, kv in itertools.product(eps, (False, True), prec.backends, prec.quants,
+        for ep, adp, backend, quant, kv in itertools.product(eps, (False, True), prec.backends, quants,
                                                              prec.kv_dtypes):
             lay = Layout(tp=tp, ep=ep, attention_dp=adp, moe_backend=backend, quant=quant, kv_dtype=kv)
             try:
@@ -200,7 +204,7 @@ def pick(front: list[Candidate]) -> dict[Profile, Candidate]:
 
 def search(req: PlanRequest) -> SearchResult:
     check_workload(req.work, req.model.spec)
-    layouts = valid_layouts(req.model, req.gpu, _sizes(req))
+    layouts = valid_layouts(req.model, req.gpu, _sizes(req), req.checkpoint)
     grid = np.array(BATCH_GRID, dtype=float)
     cands = [c for lay in layouts for c in _evaluate(req, lay, grid)]
     if not cands:
@@ -216,6 +220,8 @@ def search(req: PlanRequest) -> SearchResult:
 
 def _nothing_fits(req: PlanRequest, layouts: list[Layout]) -> str:
     where = f"{req.gpus} x {req.gpu.name}" if req.gpus else f"{req.gpu.name} instances"
+    if req.checkpoint is not None:
+        where += f" serving the {req.checkpoint.value} checkpoint"
     if not layouts:
         return (f"no valid layout of {req.model.name} on {where} (instance sizes {_sizes(req)}); "
                 f"see `trtkit plan estimate` for the rule each one breaks")

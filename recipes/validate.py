@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from builder.spec import ModelSpec
+from plugins import trtllm
 from recipes.errors import LayoutError, RecipeError
 from recipes.hardware import Arch, gpu
 from recipes.layout import Layout, check_layout
@@ -69,8 +70,13 @@ def check_layout_rules(folder: Path, opts: dict, doc: dict) -> None:
     quant = QuantAlgo(doc["layout"]["quant_algo"])
     if g.arch is Arch.HOPPER and quant is QuantAlgo.NVFP4:
         raise _fail(folder, "recipe.yaml", f"NVFP4 W4A4 on {g.name}: Hopper has no FP4 tensor cores")
+    backend = MoeBackend(doc["layout"]["moe_backend"])
+    named = (opts.get("moe_config") or {}).get("backend")
+    if named != (None if backend.is_plugin else backend.value):
+        raise _fail(folder, OPTIONS_FILE, f"moe_config.backend {named!r} does not match recipe.yaml's "
+                    f"moe_backend {backend.value} (a plugin backend names none)")
     lay = Layout(tp=opts["tensor_parallel_size"], ep=opts["moe_expert_parallel_size"],
-                 attention_dp=opts["enable_attention_dp"], moe_backend=MoeBackend(opts["moe_config"]["backend"]),
+                 attention_dp=opts["enable_attention_dp"], moe_backend=backend,
                  quant=quant, kv_dtype=KvDtype(opts["kv_cache_config"]["dtype"]))
     try:
         check_layout(lay, _spec(doc), g)
@@ -105,6 +111,18 @@ def check_manifests(folder: Path, opts: dict, doc: dict, options_text: str) -> N
         raise _fail(folder, "dynamo.yaml", "TRTLLMWorker GPUs x nodeCount must equal the instance size")
 
 
+def check_plugin(folder: Path, doc: dict) -> None:
+    """A plugin backend's launchers all load the trtkit model package; no other recipe mentions it."""
+    plugin = MoeBackend(doc["layout"]["moe_backend"]).is_plugin
+    if plugin and (doc.get("plugin") or {}).get("custom_module_dirs") != trtllm.MODULE_DIR:
+        raise _fail(folder, "recipe.yaml", f"plugin.custom_module_dirs must be {trtllm.MODULE_DIR}")
+    for name in ("serve.sh", "slurm.sbatch", "lws.yaml", "dynamo.yaml"):
+        text = (folder / name).read_text()
+        if (trtllm.PACKAGE in text) != plugin:
+            raise _fail(folder, name, f"{'does not load' if plugin else 'loads'} the trtkit::moe plugin "
+                        f"({trtllm.PACKAGE}) but moe_backend is {doc['layout']['moe_backend']}")
+
+
 def validate_folder(folder: Path) -> dict:
     """Check one recipe folder; return its recipe.yaml. Raises RecipeError naming the file and rule."""
     folder = Path(folder)
@@ -120,6 +138,7 @@ def validate_folder(folder: Path) -> dict:
     check_options(folder, opts, doc)
     check_layout_rules(folder, opts, doc)
     check_manifests(folder, opts, doc, options_text)
+    check_plugin(folder, doc)
     for script in ("serve.sh", "slurm.sbatch"):
         if not (folder / script).read_text().startswith("#!"):
             raise _fail(folder, script, "missing the #! line")

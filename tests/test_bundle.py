@@ -38,10 +38,14 @@ def test_bundle_contents(bundle, tiny_mxfp4):
     assert manifest["smoke_test"]["ran"] is False
     recipes = sorted(p.parent.relative_to(bundle / "recipes").as_posix()
                      for p in (bundle / "recipes").glob("*/*/recipe.yaml"))
-    assert recipes == [f"{g}/{p}" for g in ("b200", "gb200", "h100", "h200")
-                       for p in ("balanced", "latency", "throughput")]
+    profiles = ("balanced", "latency", "throughput")
+    assert recipes == sorted([f"{g}/{p}" for g in ("b200", "gb200", "h100", "h200") for p in profiles]
+                             + [f"{g}/{p}-nvfp4" for g in ("h100", "h200") for p in profiles])
     for doc in (yaml.safe_load(p.read_text()) for p in (bundle / "recipes").glob("h*/*/recipe.yaml")):
-        assert doc["model"]["checkpoint"] == "mxfp4"   # Hopper never serves NVFP4 W4A4
+        assert doc["layout"]["quant_algo"] != "NVFP4"   # Hopper never serves NVFP4 W4A4
+        # the MXFP4 source, or this checkpoint's NVFP4 experts weight-only on the trtkit::moe plugin
+        assert (doc["model"]["checkpoint"], doc["layout"]["moe_backend"] == "TRTKIT") in {("mxfp4", False),
+                                                                                         ("nvfp4", True)}
     report = json.loads((bundle / "verification.json").read_text())
     assert report["passed"] and report["weights_only"]["kl_max"] == 0.0
     assert report["weights_only"]["top1_agreement"] == 1.0

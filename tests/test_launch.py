@@ -71,7 +71,7 @@ def test_requested_profile_and_port(bundle):
 
 
 @pytest.mark.parametrize("inventory, reasons", [
-    ("h100x8-mig", ["MIG enabled on GPU(s) [0]", "NVFP4 on Hopper"]),
+    ("h100x8-mig", ["MIG enabled on GPU(s) [0]", "NVFP4 W4A4 on Hopper"]),
     ("a100-40gb", ["wrong architecture", "too little memory: 39 GB per GPU"]),
     ("h100-40gb", ["too little memory: 40 GB per GPU, the recipe was planned for 80 GB"]),
 ])
@@ -82,7 +82,7 @@ def test_refusals_list_every_reason(bundle, inventory, reasons):
     assert err.startswith("trtkit: error: no recipe fits") and len(err.splitlines()) == 1
     for reason in reasons:
         assert reason in err, reason
-    assert err.count(" | ") == 11  # all 12 recipes, each with its reasons
+    assert err.count(" | ") == 17  # all 18 recipes (6 of them Hopper's -nvfp4), each with its reasons
 
 
 def test_recipe_validation_against_node(bundle):
@@ -90,7 +90,7 @@ def test_recipe_validation_against_node(bundle):
     r = cli("launch", str(bundle / "recipes" / "b200" / "balanced"), "--dry-run", "--inventory",
             str(INV / "h100x8.yaml"))
     assert r.returncode == 2
-    assert "wrong architecture" in r.stderr and "NVFP4 on Hopper" in r.stderr
+    assert "wrong architecture" in r.stderr and "NVFP4 W4A4 on Hopper" in r.stderr
 
 
 def test_nvml_absent_without_inventory(bundle):
@@ -220,3 +220,49 @@ def test_shell_metacharacters_stay_plain_arguments(bundle, fake_env, tmp_path):
     argv = json.loads(Path(fake_env["FAKE_ARGV_FILE"]).read_text())
     assert argv[argv.index("--served_model_name") + 1] == doc["model"]["served_name"]
     assert not pwned.exists()
+
+
+def test_hopper_bundle_also_serves_its_own_nvfp4_checkpoint(bundle):
+    """Hopper recipes of the bundle's NVFP4 checkpoint run the MoE on trtkit::moe: chosen on request,
+    with this trtkit's module dir and PYTHONPATH."""
+    r = dry(bundle, "h100x8", "--checkpoint", "nvfp4")
+    assert r.returncode == 0, r.stderr
+    chosen = bundle / "recipes" / "h100" / "balanced-nvfp4"
+    assert f"chosen: h100/balanced (nvfp4 via trtkit::moe) ({chosen})" in r.stdout
+    root = Path(__file__).resolve().parents[1]
+    assert command_of(r.stdout) == (
+        f"trtllm-serve {bundle / 'checkpoint'} --config {chosen}/llm_options.yaml --host 0.0.0.0 --port 8000 "
+        f"--served_model_name tiny-mxfp4 --custom_module_dirs {root}/plugins/trtllm/trtllm_gptoss")
+    assert f"env: PYTHONPATH={root}:{root}/plugins/trtllm" in r.stdout
+    doc = yaml.safe_load((chosen / "recipe.yaml").read_text())
+    assert doc["layout"]["moe_backend"] == "TRTKIT" and doc["layout"]["quant_algo"] == "W4A16_NVFP4"
+    assert doc["model"]["checkpoint"] == "nvfp4" and doc["gpu"]["per_instance"] == 1
+    # without a preference the MXFP4 source, predicted faster, still wins while it is present
+    assert "chosen: h100/balanced (" in dry(bundle, "h100x8").stdout
+
+
+def test_missing_source_falls_back_to_the_bundle_checkpoint(tiny_mxfp4, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(tiny_mxfp4, src)
+    out = tmp_path / "engine"
+    build(src, out, BuildOptions(gpus=("h100",)), log=lambda m: None)
+    shutil.rmtree(src)
+    r = dry(out, "h100x8")
+    assert r.returncode == 0, r.stderr
+    assert "chosen: h100/balanced (nvfp4 via trtkit::moe)" in r.stdout
+    assert f"model: {out / 'checkpoint'}" in r.stdout
+
+
+def test_plugin_server_gets_trtkit_on_its_path(bundle, fake_env, tmp_path):
+    fake_env["FAKE_MODE"] = "crash"  # record, then exit
+    fake_env["FAKE_ENV_FILE"] = str(tmp_path / "env.json")
+    fake_env["PYTHONPATH"] = "/elsewhere"
+    fake_env.pop("TRTKIT_MOE_STORAGE", None)
+    r = cli("launch", str(bundle), "--inventory", str(INV / "h100x8.yaml"), "--checkpoint", "nvfp4",
+            "--port", str(free_port()), env={**fake_env, "PWD": "/"})
+    assert r.returncode == 7, r.stdout + r.stderr
+    seen = json.loads(Path(fake_env["FAKE_ENV_FILE"]).read_text())
+    root = Path(__file__).resolve().parents[1]
+    assert seen["PYTHONPATH"] == f"{root}:{root}/plugins/trtllm:/elsewhere"
+    assert seen["TRTKIT_MOE_STORAGE"] == "kmajor"
+    assert seen["finds"] == {"trtllm_gptoss": True, "plugins.moe_layer": True}

@@ -11,7 +11,7 @@ from recipes.model import resolve_model
 from recipes.precision import KvDtype, MoeBackend, QuantAlgo
 from recipes.search import valid_layouts
 
-B, H = QuantAlgo.W4A8_MXFP4_MXFP8, QuantAlgo.W4A16_MXFP4
+B, H, N16 = QuantAlgo.W4A8_MXFP4_MXFP8, QuantAlgo.W4A16_MXFP4, QuantAlgo.W4A16_NVFP4
 SPEC120 = resolve_model("gpt-oss-120b").spec
 SPEC20 = resolve_model("gpt-oss-20b").spec
 
@@ -26,6 +26,7 @@ VALID = [
     ("b200", lay(8, 8, adp=True, quant=QuantAlgo.NVFP4)),  # DEP8, the trtkit NVFP4 checkpoint
     ("h100", lay(4, 4, adp=True, backend=MoeBackend.TRITON, quant=H)),  # perf-overview H100 DEP4
     ("h200", lay(8, 2, backend=MoeBackend.CUTLASS, quant=H, kv=KvDtype.AUTO)),
+    ("h100", lay(1, 1, backend=MoeBackend.TRTKIT, quant=N16)),     # one NVFP4 checkpoint on Hopper too
     ("gb200", lay(72, 8, adp=True)),                       # a whole rack: attention DP 72, EP 8, MoE TP 9
     ("gb200", lay(16, 16)),                                # beyond one HGX board, inside NVL72
 ]
@@ -51,16 +52,25 @@ INVALID = [
      "domain of 8 GPUs; use tp <= 8 and replicas across domains"),
     ("h100", lay(8, 8, backend=MoeBackend.TRITON, quant=QuantAlgo.NVFP4),
      "NVFP4 needs FP4 tensor cores (Blackwell, SM100) and never runs on Hopper; H100 SXM is hopper (SM90): "
-     "use W4A16_MXFP4 with the mxfp4 checkpoint"),
+     "use W4A16_MXFP4 with the mxfp4 checkpoint or W4A16_NVFP4 with the nvfp4 checkpoint"),
     ("h200", lay(8, 8, backend=MoeBackend.TRITON, quant=B),
      "W4A8_MXFP4_MXFP8 is not served on this architecture; H200 SXM is hopper (SM90): use W4A16_MXFP4 with "
-     "the mxfp4 checkpoint"),
+     "the mxfp4 checkpoint or W4A16_NVFP4 with the nvfp4 checkpoint"),
     ("h100", lay(8, 8, backend=MoeBackend.TRTLLM, quant=H),
-     "MoE backend TRTLLM is not available on H100 SXM (hopper); choose one of TRITON, CUTLASS"),
+     "MoE backend TRTLLM is not available on H100 SXM (hopper); choose one of TRITON, CUTLASS, TRTKIT"),
     ("b200", lay(8, 8, backend=MoeBackend.TRITON), "MoE backend TRITON is not available on B200 (HGX) "
      "(blackwell); choose one of TRTLLM, CUTLASS"),
     ("h100", lay(8, 2, backend=MoeBackend.TRITON, quant=H), "MoE backend TRITON is expert-parallel only: MoE "
      "TP = tp / ep = 8 / 2 = 4 must be 1; set ep = tp = 8 or use CUTLASS"),
+    ("h100", lay(2, 2, backend=MoeBackend.TRTKIT, quant=N16), "MoE backend TRTKIT (the trtkit::moe plugin) runs "
+     "one GPU per instance: tensor_parallel_size=2 must be 1; serve 2 replicas instead"),
+    ("h100", lay(1, 1, backend=MoeBackend.TRITON, quant=N16), "MoE backend TRITON does not serve W4A16_NVFP4 "
+     "experts (it serves W4A16_MXFP4); use TRTKIT"),
+    ("h200", lay(1, 1, backend=MoeBackend.TRTKIT, quant=H), "MoE backend TRTKIT does not serve W4A16_MXFP4 "
+     "experts (it serves W4A16_NVFP4); use TRITON or CUTLASS"),
+    ("b200", lay(1, 1, backend=MoeBackend.TRTKIT, quant=N16), "W4A16_NVFP4 is not served on this architecture; "
+     "B200 (HGX) is blackwell (SM100): use NVFP4 with the nvfp4 checkpoint or W4A8_MXFP4_MXFP8 with the mxfp4 "
+     "checkpoint"),
 ]
 
 
@@ -103,5 +113,7 @@ def test_search_space_of_a_rack_holds_only_valid_layouts():
 def test_hopper_search_space_never_holds_w4a4():
     for key in ("h100", "h200"):
         layouts = valid_layouts(resolve_model("gpt-oss-120b"), gpu(key), [1, 2, 4, 8])
-        assert {x.quant for x in layouts} == {QuantAlgo.W4A16_MXFP4}
+        assert {x.quant for x in layouts} == {QuantAlgo.W4A16_MXFP4, QuantAlgo.W4A16_NVFP4}
         assert all(x.moe_tp == 1 for x in layouts if x.moe_backend is MoeBackend.TRITON)
+        plugin = [x for x in layouts if x.quant is QuantAlgo.W4A16_NVFP4]
+        assert {(x.tp, x.moe_backend) for x in plugin} == {(1, MoeBackend.TRTKIT)}

@@ -46,7 +46,7 @@ def build(src: Path, out: Path, gpus: str, isl: int, osl: int, smoke: bool, incl
     summary = {"out": str(out), "files": len(manifest["files"]), "verification": "passed",
                "exact_blocks": cast["exact"] if cast else None,
                "fallback_blocks": cast["fallback"] if cast else None,
-               "recipes": [f"{r['gpu']}/{r['profile']}" for r in manifest["recipes"]]}
+               "recipes": [r["path"].removeprefix("recipes/") for r in manifest["recipes"]]}
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -87,11 +87,14 @@ def bundle_check(folder: Path) -> None:
               help="Checkpoint folder to serve (default: from the bundle or the recipe).")
 @click.option("--ready-timeout", type=float, default=1800.0, show_default=True,
               help="Seconds to wait for the server's /health.")
+@click.option("--checkpoint", type=click.Choice(["nvfp4", "mxfp4"]), default=None,
+              help="Prefer recipes serving this checkpoint (nvfp4: the bundle's own, on Hopper through the "
+                   "trtkit::moe plugin). Default: a recipe whose checkpoint is on this machine.")
 def launch(target: Path, profile: str | None, dry_run: bool, inventory: Path | None, port: int,
-           model_dir: Path | None, ready_timeout: float) -> None:
+           model_dir: Path | None, ready_timeout: float, checkpoint: str | None) -> None:
     """Check this node, pick (bundle) or validate (recipe) a recipe, and start trtllm-serve."""
     from deploy.launch import LaunchRequest
     from deploy.launch import launch as run_launch
 
-    req = LaunchRequest(target, profile, dry_run, inventory, port, model_dir, ready_timeout)
+    req = LaunchRequest(target, profile, dry_run, inventory, port, model_dir, ready_timeout, checkpoint)
     sys.exit(run_launch(req, os.environ, log=lambda m: click.echo(m, err=False)))

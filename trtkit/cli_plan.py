@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from recipes.hardware import gpus
-from recipes.precision import KvDtype, MoeBackend, QuantAlgo
+from recipes.precision import Checkpoint, KvDtype, MoeBackend, QuantAlgo
 
 GPU_CHOICE = click.Choice(sorted(gpus()), case_sensitive=False)
 
@@ -34,13 +34,16 @@ def _workload_options(f):
               help="SLA: output tokens/s seen by each user.")
 @click.option("--target-users", type=click.IntRange(min=1), default=None,
               help="Concurrent users to serve: size the fleet (fewest GPUs).")
+@click.option("--checkpoint", type=click.Choice([c.value for c in Checkpoint]), default=None,
+              help="Serve only this checkpoint: nvfp4 (trtkit's; on Hopper through the trtkit::moe plugin) or "
+                   "mxfp4 (the release). Default: whichever deploys best.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("trtkit-plan"), show_default=True,
               help="Folder for frontier.png and the latency/balanced/throughput recipes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.pass_context
 def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: int | None, isl: int | None,
          osl: int | None, max_ttft_ms: float | None, max_tpot_ms: float | None, min_tps_user: float | None,
-         target_users: int | None, out: Path, as_json: bool) -> None:
+         target_users: int | None, checkpoint: str | None, out: Path, as_json: bool) -> None:
     """Search every tensor/expert-parallel deployment of MODEL on GPUs; print the Pareto frontier of
     tokens/s/GPU vs tokens/s/user and write the recipes of the latency, balanced and throughput picks."""
     if ctx.invoked_subcommand is not None:
@@ -58,7 +61,8 @@ def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: 
     from recipes.search import PlanRequest, Sla, search
 
     req = PlanRequest(model=resolve_model(model_name), gpu=gpu(gpu_key), work=Workload(isl, osl), gpus=gpus,
-                      sla=Sla(max_ttft_ms, max_tpot_ms, min_tps_user), target_users=target_users)
+                      sla=Sla(max_ttft_ms, max_tpot_ms, min_tps_user), target_users=target_users,
+                      checkpoint=Checkpoint(checkpoint) if checkpoint else None)
     result = search(req)
     out.mkdir(parents=True, exist_ok=True)
     folders = write_picks(result, out)
@@ -89,7 +93,8 @@ def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: 
 @click.option("--moe-backend", type=click.Choice([b.value for b in MoeBackend]), default=None,
               help="Default: the architecture's first backend that accepts this MoE TP.")
 @click.option("--quant", type=click.Choice([q.value for q in QuantAlgo]), default=None,
-              help="Expert precision. Default: NVFP4 on Blackwell, W4A16_MXFP4 on Hopper.")
+              help="Expert precision. Default: NVFP4 on Blackwell, W4A16_MXFP4 on Hopper (W4A16_NVFP4: the NVFP4 "
+                   "checkpoint through trtkit::moe, tp 1).")
 @click.option("--kv-dtype", type=click.Choice([k.value for k in KvDtype]), default=KvDtype.FP8.value,
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -106,9 +111,10 @@ def estimate(model_name: str, gpu_key: str, tp: int, ep: int, attention_dp: bool
 
     g = gpu(gpu_key)
     moe_tp = tp // ep if ep and tp % ep == 0 else 0
+    q = QuantAlgo(quant) if quant else ARCH_PRECISION[g.arch].quants[0]
     lay = Layout(tp=tp, ep=ep, attention_dp=attention_dp,
-                 moe_backend=MoeBackend(moe_backend) if moe_backend else default_backend(g, moe_tp),
-                 quant=QuantAlgo(quant) if quant else ARCH_PRECISION[g.arch].quants[0], kv_dtype=KvDtype(kv_dtype))
+                 moe_backend=MoeBackend(moe_backend) if moe_backend else default_backend(g, moe_tp, q),
+                 quant=q, kv_dtype=KvDtype(kv_dtype))
     est = run_estimate(resolve_model(model_name).spec, g, lay, batch, Workload(isl, osl), concurrency)
     if as_json:
         click.echo(json.dumps(est.to_dict()))

@@ -2,6 +2,7 @@
 
 FAKE_MODE: ready (serve until SIGTERM/SIGINT, exit 0), never (never answers /health), crash (exit 7).
 FAKE_ARGV_FILE: where to record argv (JSON), to check that values arrive as plain arguments.
+FAKE_ENV_FILE: where to record PYTHONPATH, TRTKIT_MOE_STORAGE and which trtkit modules it can find.
 """
 
 import json
@@ -16,6 +17,14 @@ argv = sys.argv[1:]
 if os.environ.get("FAKE_ARGV_FILE"):
     with open(os.environ["FAKE_ARGV_FILE"], "w") as f:
         json.dump(argv, f)
+if os.environ.get("FAKE_ENV_FILE"):  # what a worker process of this server could import
+    import importlib.util
+
+    with open(os.environ["FAKE_ENV_FILE"], "w") as f:
+        json.dump({"PYTHONPATH": os.environ.get("PYTHONPATH"),
+                   "TRTKIT_MOE_STORAGE": os.environ.get("TRTKIT_MOE_STORAGE"),
+                   "finds": {m: importlib.util.find_spec(m) is not None
+                             for m in ("trtllm_gptoss", "plugins.moe_layer")}}, f)
 mode = os.environ.get("FAKE_MODE", "ready")
 if mode == "crash":
     time.sleep(0.2)

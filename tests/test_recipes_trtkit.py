@@ -1,0 +1,163 @@
+"""Hopper recipes for the NVFP4 checkpoint on the trtkit::moe plugin (backend TRTKIT, W4A16_NVFP4):
+the speed prior recomputed from the measured table, the rendered launchers run for real (serve.sh with
+a stand-in trtllm-serve, Dynamo's module runner with stand-in modules), and validation refusing
+recipes that would not load the plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plugins import trtllm
+from recipes.errors import RecipeError
+from recipes.hardware import gpu
+from recipes.layout import Layout
+from recipes.memory import Workload
+from recipes.model import resolve_model
+from recipes.perf import PerfModel
+from recipes.precision import TRTKIT_SPEED, Checkpoint, KvDtype, MoeBackend, QuantAlgo
+from recipes.render import recipes_of, write_recipe
+from recipes.search import PlanRequest, Profile, search
+from recipes.validate import validate_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {"gpt-oss-120b": "gpt-oss-120b", "gpt-oss-20b": "gpt-oss-20b"}
+
+
+def measured_moe_decode() -> list[tuple[str, int, float]]:
+    """(model, batch, graph-timed us per layer) from BENCHMARKS.md's H100 MoE decode table."""
+    rows = re.findall(r"^\| (gpt-oss-\d+b) \| (\d+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|", (ROOT / "BENCHMARKS.md").read_text(),
+                      re.M)
+    return [(m, int(b), float(us)) for m, b, us in rows]
+
+
+def test_trtkit_speed_prior_is_the_median_of_the_measured_table():
+    rows = measured_moe_decode()
+    assert len(rows) == 8, rows
+    lay = Layout(1, 1, False, MoeBackend.TRTKIT, QuantAlgo.W4A16_NVFP4, KvDtype.FP8)
+    ratios = []
+    for model, batch, us in rows:
+        pm = PerfModel(resolve_model(model).spec, gpu("h100"), lay)
+        unscaled = float(pm.moe(batch).seconds) * TRTKIT_SPEED / pm.layers * 1e6  # the model at speed 1.0
+        ratios.append(unscaled / us)
+    assert statistics.median(ratios) == pytest.approx(TRTKIT_SPEED, rel=0.05), ratios
+
+
+@pytest.fixture(scope="module")
+def plugin_recipe(tmp_path_factory) -> Path:
+    req = PlanRequest(model=resolve_model("gpt-oss-120b"), gpu=gpu("h100"), work=Workload(1024, 1024), gpus=8,
+                      checkpoint=Checkpoint.NVFP4)
+    picks = recipes_of(search(req))
+    assert {r.lay.label for r in picks.values()} == {"TP1/EP1 TRTKIT W4A16_NVFP4 kv=fp8"}
+    return write_recipe(picks[Profile.BALANCED], tmp_path_factory.mktemp("plugin") / "balanced")
+
+
+def test_default_hopper_search_keeps_tensorrt_llms_moe():
+    """Predicted slower (TRTKIT_SPEED), the plugin is only picked when the NVFP4 checkpoint is asked for."""
+    res = search(PlanRequest(model=resolve_model("gpt-oss-120b"), gpu=gpu("h100"), work=Workload(1024, 1024), gpus=8))
+    assert all(c.layout.moe_backend is not MoeBackend.TRTKIT for c in res.picks.values())
+    assert any(c.layout.moe_backend is MoeBackend.TRTKIT for c in res.candidates)
+
+
+def test_options_name_no_moe_backend_and_recipe_names_the_plugin(plugin_recipe):
+    opts = yaml.safe_load((plugin_recipe / "llm_options.yaml").read_text())
+    assert "moe_config" not in opts and opts["tensor_parallel_size"] == 1
+    doc = yaml.safe_load((plugin_recipe / "recipe.yaml").read_text())
+    assert doc["plugin"]["custom_module_dirs"] == trtllm.MODULE_DIR
+    assert doc["model"]["checkpoint"] == "nvfp4" and doc["layout"]["moe_backend"] == "TRTKIT"
+    assert any("trtkit::moe" in n for n in doc["notes"])
+
+
+def stand_in_server(tmp_path: Path) -> dict:
+    """PATH with a trtllm-serve that records its argv and environment, and this python as python3."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "trtllm-serve"
+    exe.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                   f"json.dump({{'argv': sys.argv[1:], 'PYTHONPATH': os.environ.get('PYTHONPATH'), "
+                   f"'storage': os.environ.get('{trtllm.STORAGE_ENV}')}}, open({str(tmp_path / 'seen.json')!r}, 'w'))\n")
+    exe.chmod(0o755)
+    python3 = bin_dir / "python3"  # a wrapper, not a symlink: a venv's python is found by its own path
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python3.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRTKIT_DIR", trtllm.STORAGE_ENV, "PYTHONPATH")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def test_serve_sh_finds_trtkit_and_loads_the_plugin(plugin_recipe, tmp_path):
+    env = stand_in_server(tmp_path)
+    subprocess.run(["bash", str(plugin_recipe / "serve.sh")], env={**env, "REPLICA": "3"}, check=True, cwd=tmp_path)
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    argv = seen["argv"]
+    assert argv[argv.index("--custom_module_dirs") + 1] == f"{ROOT}/{trtllm.MODULE_DIR}"
+    assert argv[argv.index("--port") + 1] == "8003" and argv[0] == "/models/gpt-oss-120b-nvfp4"
+    assert seen["PYTHONPATH"] == f"{ROOT}:{ROOT}/plugins/trtllm" and seen["storage"] == "kmajor"
+    # an operator's TRTKIT_DIR and storage choice win
+    subprocess.run(["bash", str(plugin_recipe / "serve.sh")], check=True, cwd=tmp_path,
+                   env={**env, "TRTKIT_DIR": "/opt/trtkit", trtllm.STORAGE_ENV: "spread", "PYTHONPATH": "/x"})
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["PYTHONPATH"] == "/opt/trtkit:/opt/trtkit/plugins/trtllm:/x" and seen["storage"] == "spread"
+    assert seen["argv"][-1] == "/opt/trtkit/plugins/trtllm/trtllm_gptoss"
+
+
+def test_slurm_needs_trtkit_dir(plugin_recipe, tmp_path):
+    text = (plugin_recipe / "slurm.sbatch").read_text()
+    subprocess.run(["bash", "-n", str(plugin_recipe / "slurm.sbatch")], check=True)
+    assert '--container-mounts="$MODEL_DIR:$MODEL_DIR,$RECIPE_DIR:$RECIPE_DIR,$TRTKIT_DIR:$TRTKIT_DIR"' in text
+    r = subprocess.run(["bash", str(plugin_recipe / "slurm.sbatch")], capture_output=True, text=True,
+                       env={"PATH": os.environ["PATH"], "SLURM_SUBMIT_DIR": str(tmp_path)})
+    assert r.returncode != 0 and "set TRTKIT_DIR to a trtkit checkout" in r.stderr
+
+
+def test_kubernetes_manifests_mount_trtkit(plugin_recipe):
+    lws = list(yaml.safe_load_all((plugin_recipe / "lws.yaml").read_text()))[1]
+    pod = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"][-2:] == ["--custom_module_dirs", f"/opt/trtkit/{trtllm.MODULE_DIR}"]
+    assert {"name": "PYTHONPATH", "value": "/opt/trtkit:/opt/trtkit/plugins/trtllm"} in c["env"]
+    assert {"name": "trtkit", "mountPath": "/opt/trtkit", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "trtkit", "persistentVolumeClaim": {"claimName": "trtkit-source", "readOnly": True}} in pod["volumes"]
+
+
+def test_dynamo_worker_imports_the_model_package_then_runs_dynamo(plugin_recipe, tmp_path):
+    """Run the rendered worker command against stand-in `trtllm_gptoss` and `dynamo.trtllm` modules."""
+    worker = list(yaml.safe_load_all((plugin_recipe / "dynamo.yaml").read_text()))[1]
+    main = worker["spec"]["services"]["TRTLLMWorker"]["extraPodSpec"]["mainContainer"]
+    (tmp_path / "trtllm_gptoss").mkdir()
+    (tmp_path / "trtllm_gptoss" / "__init__.py").write_text("import os\nos.environ['REGISTERED'] = '1'\n")
+    (tmp_path / "dynamo").mkdir()
+    (tmp_path / "dynamo" / "__init__.py").write_text("")
+    (tmp_path / "dynamo" / "trtllm.py").write_text(
+        "import json, os, sys\nif __name__ == '__main__':\n"
+        "    print(json.dumps({'argv': sys.argv[1:], 'registered': os.environ.get('REGISTERED')}))\n")
+    cmd = [sys.executable, *main["command"][1:]]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    seen = json.loads(out.stdout)
+    assert seen["registered"] == "1" and seen["argv"][:2] == ["--model-path", "/models/gpt-oss-120b-nvfp4"]
+    assert main["env"][0] == {"name": "PYTHONPATH", "value": "/opt/trtkit:/opt/trtkit/plugins/trtllm"}
+
+
+@pytest.mark.parametrize("file, edit, message", [
+    ("serve.sh", lambda t: t.replace(" --custom_module_dirs", " --custom-dirs").replace("trtllm_gptoss", "x"),
+     "serve.sh: does not load the trtkit::moe plugin"),
+    ("llm_options.yaml", lambda t: t + "moe_config:\n  backend: TRITON\n",
+     "moe_config.backend 'TRITON' does not match recipe.yaml's moe_backend TRTKIT"),
+    ("recipe.yaml", lambda t: t.replace("custom_module_dirs: plugins/trtllm/trtllm_gptoss", "custom_module_dirs: x"),
+     "plugin.custom_module_dirs must be plugins/trtllm/trtllm_gptoss"),
+])
+def test_validation_refuses_a_plugin_recipe_that_would_not_load_it(plugin_recipe, tmp_path, file, edit, message):
+    folder = tmp_path / "r"
+    shutil.copytree(plugin_recipe, folder)
+    (folder / file).write_text(edit((folder / file).read_text()))
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        validate_folder(folder)
