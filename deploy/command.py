@@ -49,7 +49,7 @@ def model_dir_for(r: RecipeRef, bundle: Path | None, override: Path | None) -> P
 def plugin_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """This trtkit on PYTHONPATH (the server and any worker it starts import `plugins.*` and
     `trtllm_gptoss`), and the expert storage unless the operator chose one."""
-    path = [str(TRTKIT_ROOT / p) for p in trtllm.PYTHONPATH] + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])
+    path = trtllm.pythonpath(str(TRTKIT_ROOT)) + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])
     return (("PYTHONPATH", os.pathsep.join(path)),
             (trtllm.STORAGE_ENV, environ.get(trtllm.STORAGE_ENV, trtllm.STORAGES[0])))
 

@@ -58,7 +58,7 @@ def _mounts(r: Recipe) -> list[dict[str, Any]]:
 def _plugin_env(r: Recipe) -> list[dict[str, Any]]:
     if not r.lay.moe_backend.is_plugin:
         return []
-    path = ":".join(TRTKIT_MOUNT if p == "." else f"{TRTKIT_MOUNT}/{p}" for p in trtllm.PYTHONPATH)
+    path = ":".join(trtllm.pythonpath(TRTKIT_MOUNT))
     return [{"name": "PYTHONPATH", "value": path}, {"name": trtllm.STORAGE_ENV, "value": trtllm.STORAGES[0]}]
 
 

@@ -39,7 +39,7 @@ def _plugin_env(r: Recipe) -> list[str]:
     """PYTHONPATH and the expert storage for the trtkit::moe plugin (plugin backends only; TRTKIT_DIR set)."""
     if not r.lay.moe_backend.is_plugin:
         return []
-    path = ":".join('"$TRTKIT_DIR"' + ("" if p == "." else "/" + quote(p)) for p in trtllm.PYTHONPATH)
+    path = ":".join(trtllm.pythonpath('"$TRTKIT_DIR"'))
     return [f"export PYTHONPATH={path}\"${{PYTHONPATH:+:$PYTHONPATH}}\"",
             f"export {trtllm.STORAGE_ENV}=\"${{{trtllm.STORAGE_ENV}:-{trtllm.STORAGES[0]}}}\""]
 

@@ -16,3 +16,9 @@ MODULE_DIR = "plugins/trtllm/" + PACKAGE       # --custom_module_dirs
 PYTHONPATH = (".", "plugins/trtllm")           # sys.path entries for the server and its workers
 STORAGE_ENV = "TRTKIT_MOE_STORAGE"             # expert storage of the MoE module: kmajor | spread
 STORAGES = ("kmajor", "spread")
+
+
+def pythonpath(root: str) -> list[str]:
+    """The PYTHONPATH entries under a trtkit root written as `root` (a path, a mount point or a shell
+    expansion such as '"$TRTKIT_DIR"')."""
+    return [root if entry == "." else f"{root}/{entry}" for entry in PYTHONPATH]
