@@ -55,9 +55,7 @@ def _mounts(r: Recipe) -> list[dict[str, Any]]:
             {"name": "dshm", "mountPath": "/dev/shm"}]
 
 
-def _plugin_env(r: Recipe) -> list[dict[str, Any]]:
-    if not r.lay.moe_backend.is_plugin:
-        return []
+def _plugin_env() -> list[dict[str, Any]]:
     path = ":".join(trtllm.pythonpath(TRTKIT_MOUNT))
     return [{"name": "PYTHONPATH", "value": path}, {"name": trtllm.STORAGE_ENV, "value": trtllm.STORAGES[0]}]
 
@@ -156,7 +154,7 @@ def dynamo_graph(r: Recipe) -> dict[str, Any]:
 
 
 def _env_entry(r: Recipe) -> dict[str, Any]:
-    return {"env": _plugin_env(r)} if r.lay.moe_backend.is_plugin else {}
+    return {"env": _plugin_env()} if r.lay.moe_backend.is_plugin else {}
 
 
 def _docs(r: Recipe, main: dict[str, Any], what: str) -> str:
