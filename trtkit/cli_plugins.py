@@ -23,7 +23,8 @@ def list_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in found], indent=2))
         return
+    width = max(len(r.module) for p in found for r in p.registrations)
     for p in found:
         click.echo(f"{p.name}: {p.summary}")
         for r in p.registrations:
-            click.echo(f"  {r.target:<13} {'yes' if r.available else 'no':<4} {r.module:<22} {r.detail}")
+            click.echo(f"  {r.target:<13} {'yes' if r.available else 'no':<4} {r.module:<{width}} {r.detail}")
