@@ -46,6 +46,8 @@ def _version(dist: str) -> str | None:
 
 
 TENSORRT_MIN = (10, 9)  # first release whose tensorrt.plugin has aot_impl and KernelLaunchParams
+# releases whose Quickly Deployable Plugins are broken (Torch-TensorRT turns QDP off for 10.14.*: "known bug")
+TENSORRT_BROKEN = {(10, 14): "10.14 has a known bug that breaks Quickly Deployable Plugins; use >= 10.15"}
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -102,6 +104,9 @@ def _tensorrt_registration(aot: bool) -> Registration:
         return Registration("tensorrt", module, False,
                             f"tensorrt {version or '?'} is too old: the plugins need tensorrt.plugin with aot_impl "
                             f"(TensorRT >= {'.'.join(map(str, TENSORRT_MIN))})")
+    if _release(version or "") in TENSORRT_BROKEN:
+        return Registration("tensorrt", module, False,
+                            f"tensorrt {version}: {TENSORRT_BROKEN[_release(version)]}")
     if not _installed("triton"):
         return Registration("tensorrt", module, False, "triton not installed (the plugin kernels are Triton)")
     impl = "ahead-of-time Triton kernel (PTX in the engine)" if aot else "Triton kernels launched from Python"

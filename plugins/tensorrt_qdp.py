@@ -1,7 +1,10 @@
 """TensorRT Quickly Deployable Plugins `trtkit::moe` and `trtkit::attention`, for raw TensorRT engines
 built outside TensorRT-LLM. Importing this module registers them (it imports tensorrt, torch, triton);
 nothing else in trtkit imports it. Needs TensorRT >= 10.9 (the first with `tensorrt.plugin.aot_impl` and
-`KernelLaunchParams`); exercised on GPU nodes only: CI machines cannot install TensorRT. Checked by reading
+`KernelLaunchParams`), not 10.14.* (broken Quickly Deployable Plugins: `plugins.registry.TENSORRT_BROKEN`).
+Known open TensorRT bug (NVIDIA/TensorRT#4849, 11.1 and 11.2.1): an engine with an AOT plugin keeps GPU
+memory each time the input shapes change; B, T and S of trtkit::attention vary. Exercised on GPU nodes
+only: CI machines cannot install TensorRT. Checked by reading
 tensorrt.plugin's sources (TensorRT OSS, 10.9 and 11.1): `constant_value()` is a method; a BF16
 `trtp.Tensor` refuses `__cuda_array_interface__`, so BF16 tensors are wrapped here by hand (`_torch`).
 

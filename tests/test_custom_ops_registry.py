@@ -51,6 +51,16 @@ def test_tensorrt_older_than_aot_impl_is_refused(monkeypatch):
     assert registry._release("10.9") == (10, 9) and registry._release("dev") == ()
 
 
+def test_tensorrt_with_broken_plugins_is_refused(monkeypatch):
+    """10.14.* breaks Quickly Deployable Plugins (Torch-TensorRT's feature table turns them off there)."""
+    for version, available in (("10.14.1.48", False), ("10.15.1.29", True), ("10.13.3.9", True)):
+        monkeypatch.setattr(registry, "_version", lambda dist, v=version: v if dist == "tensorrt" else "3.5.0")
+        monkeypatch.setattr(registry, "_installed", lambda module: True)
+        trt_reg = registry.list_plugins()[0].registrations[2]
+        assert trt_reg.available is available, (version, trt_reg.detail)
+        assert ("known bug" in trt_reg.detail and ">= 10.15" in trt_reg.detail) is not available
+
+
 def test_cli_table_and_json():
     result = CliRunner().invoke(main, ["plugins", "list"])
     assert result.exit_code == 0, result.output

@@ -3,12 +3,15 @@
 machine, GPU or not, for a GPU target named by (backend, arch).
 
 Such a launcher passes the kernel exactly (input pointers, int32 scalars, output pointers), as TensorRT's
-`aot_impl` contract says. Triton >= 3.3 appends two hidden pointer parameters to every kernel (global
-and profile scratch, filled in by Triton's own launcher); a launcher that does not know them leaves
-them unset, and the driver reads past the argument array it was given. When the kernel needs neither
-scratch buffer (sizes 0) those parameters are dead, and `drop_trailing_params` removes them from the
-PTX entry so that its parameter list is exactly what the launcher passes; a kernel that needs scratch
-is refused.
+`aot_impl` contract says. Recent Triton appends hidden pointer parameters to every kernel (global
+scratch, then also profile scratch: one or two by release, filled in by Triton's own launcher); a
+launcher that does not know them leaves them unset, and the driver reads past the argument array it was
+given. When the kernel needs no scratch buffer (sizes 0) those parameters are dead, and
+`drop_trailing_params` removes them from the PTX entry so that its parameter list is exactly what the
+launcher passes; a kernel that needs scratch is refused. So is a kernel that needs more than 48 KiB of
+dynamic shared memory: a launch may use that much only after `cuFuncSetAttribute(
+MAX_DYNAMIC_SHARED_SIZE_BYTES)`, which Triton's launcher calls and TensorRT's AOT launcher is not
+documented to (gpt-oss, D = 64: 24 KiB on sm_90, 32 KiB on sm_100; D = 128 on sm_100: 64 KiB, refused).
 
 TensorRT hands the PTX to the driver, which compiles it when the engine loads, so its `.version` must be
 one the node's driver knows: `driver_ptx_version` reads that from NVML, and the QDP module compiles for
@@ -31,6 +34,7 @@ PREFILL_INPUTS = ("Q", "K", "V", "Sinks")   # pointer parameters before the scal
 PREFILL_OUTPUTS = ("Out",)                  # pointer parameters after them
 DTYPES = {"bf16": tl.bfloat16, "fp16": tl.float16}
 SCRATCH = ("global_scratch_size", "profile_scratch_size")
+SHARED_NO_OPT_IN = 48 * 1024  # dynamic shared memory a kernel may launch with without an attribute call
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ def compile_prefill(dtype: str, hq: int, hkv: int, head_dim: int, has_window: bo
     if needs:
         raise ValueError(f"trtkit::attention AOT: kernel {meta.name} needs Triton scratch memory {needs}, "
                          "which an external launcher does not provide")
+    if meta.shared > SHARED_NO_OPT_IN:
+        raise ValueError(f"trtkit::attention AOT: head_dim {head_dim} on {target or 'this GPU'} needs "
+                         f"{meta.shared} bytes of shared memory, above the {SHARED_NO_OPT_IN} a launch gets "
+                         "without an opt-in TensorRT's AOT launcher is not documented to make; build the "
+                         "engine without aot=True (the just-in-time implementation runs it)")
     ptx = drop_trailing_params(compiled.asm["ptx"], meta.name, prefill_params())
     return AotKernel(meta.name, ptx, meta.num_warps * 32, meta.shared, prefill_params())
 
