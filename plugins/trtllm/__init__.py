@@ -1,14 +1,18 @@
 """TensorRT-LLM's side of the trtkit plugins: how `trtllm-serve` finds the out-of-tree gpt-oss model.
 
-`trtllm-serve CKPT --custom_module_dirs DIR` puts DIR's parent first on sys.path and imports DIR's name
-as a top-level package, so every module beside it becomes importable under a bare name. This folder
+`trtllm-serve CKPT --custom_module_dirs DIR` adds DIR's parent at the front of sys.path (unless it is
+already there) and imports DIR's name as a top-level package, so every module beside it becomes importable under a bare name. This folder
 therefore holds nothing but that package (`trtllm_gptoss/`); pointing at a package directly under
 `plugins/` would expose `moe`, `formats`, `ops`, ... as top-level modules.
 
 The facts a launcher needs, relative to the root of a trtkit checkout or install (`TRTKIT_DIR`: the
 folder that holds `plugins/`). Both PYTHONPATH entries matter: `plugins.*` for the MoE module itself,
-and `trtllm_gptoss` by its bare name for worker processes, which TensorRT-LLM may start fresh and which
-import the registering module by name. Importing this package imports nothing else.
+and `trtllm_gptoss` by its bare name. Plain `trtllm-serve` builds the model in an MPI worker that gets
+the server's sys.path and unpickles the registered class by module name; but under
+`trtllm-llmapi-launch` (Slurm) the model is built by a leader process that never sees
+`--custom_module_dirs`, and Dynamo has no such flag: there only PYTHONPATH finds the package (read in
+TensorRT-LLM's `tools/importlib_utils.py`, `executor/proxy.py`, `executor/worker.py`,
+`llmapi/mpi_session.py`). Importing this package imports nothing else.
 """
 
 PACKAGE = "trtllm_gptoss"
