@@ -15,13 +15,25 @@ from typing import Any
 import yaml
 
 from plugins import trtllm
-from recipes.recipe import DYNAMO_IMAGE, OPTIONS_FILE, PORT, TRTLLM_IMAGE, Recipe, options_yaml
+from recipes.recipe import (
+    DYNAMO_IMAGE,
+    DYNAMO_TRTLLM,
+    DYNAMO_VERSION,
+    OPTIONS_FILE,
+    PORT,
+    TRTLLM_IMAGE,
+    Recipe,
+    options_yaml,
+)
 
 CONFIG_DIR = "/config"
 MODEL_PVC = "model-cache"
 MODEL_MOUNT = "/models"
 TRTKIT_PVC = "trtkit-source"
 TRTKIT_MOUNT = "/opt/trtkit"
+DYNAMO_NOTE = (f"# Dynamo {DYNAMO_VERSION} (its image bundles TensorRT-LLM {DYNAMO_TRTLLM}): needs the Dynamo platform "
+               f"(operator) {DYNAMO_VERSION.split('.post')[0]}\n# and NVIDIA driver >= 580 (CUDA 13.0); the image "
+               "runs as a non-root user, so the model PVC must be readable by it\n")
 
 
 def config_map(r: Recipe) -> dict[str, Any]:
@@ -157,9 +169,9 @@ def _env_entry(r: Recipe) -> dict[str, Any]:
     return {"env": _plugin_env()} if r.lay.moe_backend.is_plugin else {}
 
 
-def _docs(r: Recipe, main: dict[str, Any], what: str) -> str:
+def _docs(r: Recipe, main: dict[str, Any], what: str, note: str = "") -> str:
     head = (f"# {what}: {r.model.name}, {r.cand.replicas} replica(s) x {r.lay.tp} x {r.gpu.name} "
-            f"({r.hosts} node(s) each), profile {r.profile.value}\n")
+            f"({r.hosts} node(s) each), profile {r.profile.value}\n{note}")
     return head + yaml.safe_dump_all([config_map(r), main], sort_keys=False, width=120)
 
 
@@ -168,4 +180,5 @@ def lws_yaml(r: Recipe) -> str:
 
 
 def dynamo_yaml(r: Recipe) -> str:
-    return _docs(r, dynamo_graph(r), "Dynamo DynamoGraphDeployment (aggregated)")
+    return _docs(r, dynamo_graph(r), "Dynamo DynamoGraphDeployment (aggregated)", DYNAMO_NOTE)
+

@@ -22,7 +22,11 @@ from recipes.search import Candidate, Profile, Sla
 
 TRTLLM_VERSION = "1.2.0"  # the TensorRT-LLM release whose LLM-API keys and trtllm-serve flags we target
 TRTLLM_IMAGE = f"nvcr.io/nvidia/tensorrt-llm/release:{TRTLLM_VERSION}"
-DYNAMO_IMAGE = "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.5.1"
+# the Dynamo release nearest TRTLLM_VERSION: its image bundles TensorRT-LLM 1.2.0rc6.post3 (Dynamo's
+# docs/reference/support-matrix.md; no Dynamo release bundles 1.2.0 itself, and 0.5.1 bundled 1.1.0rc5)
+DYNAMO_VERSION = "0.8.1.post3"
+DYNAMO_TRTLLM = "1.2.0rc6.post3"
+DYNAMO_IMAGE = f"nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:{DYNAMO_VERSION}"
 RECIPE_FORMAT = "trtkit.recipe/1"
 OPTIONS_FILE = "llm_options.yaml"
 FILES = (OPTIONS_FILE, "serve.sh", "slurm.sbatch", "lws.yaml", "dynamo.yaml", "recipe.yaml")

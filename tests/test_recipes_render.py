@@ -17,7 +17,7 @@ from recipes.hardware import gpu
 from recipes.memory import Workload
 from recipes.model import resolve_model
 from recipes.precision import QuantAlgo
-from recipes.recipe import FILES, OPTIONS_FILE
+from recipes.recipe import DYNAMO_TRTLLM, FILES, OPTIONS_FILE, TRTLLM_IMAGE, TRTLLM_VERSION
 from recipes.render import RENDERERS, recipes_of, write_picks, write_recipe
 from recipes.search import PlanRequest, Profile, search
 from recipes.validate import NATIVE_KEYS, validate_folder
@@ -62,6 +62,18 @@ def test_options_are_native_keys_with_consistent_parallelism(rack):
         assert doc["gpu"]["count"] == 72 == opts["tensor_parallel_size"] * doc["gpu"]["replicas"]
         assert doc["predicted"]["arithmetic"]["gpus"].startswith("72 = ")
         assert doc["tensorrt_llm"]["version"] and doc["model"]["checkpoint"] in ("nvfp4", "mxfp4")
+
+
+def test_every_image_runs_the_tensorrt_llm_release_the_options_target(rack):
+    """The options are written for TRTLLM_VERSION: the trtllm-serve image is that release, and the Dynamo
+    image bundles a build of the same major.minor (named, with its prerequisites, in the file's header)."""
+    release = TRTLLM_VERSION.rsplit(".", 1)[0] + "."
+    assert DYNAMO_TRTLLM.startswith(release) and TRTLLM_IMAGE.endswith(TRTLLM_VERSION)
+    for folder in rack.values():
+        text = (folder / "dynamo.yaml").read_text()
+        assert f"bundles TensorRT-LLM {DYNAMO_TRTLLM}" in text.split("apiVersion")[0]
+        lws = list(yaml.safe_load_all((folder / "lws.yaml").read_text()))[1]["spec"]["leaderWorkerTemplate"]
+        assert lws["workerTemplate"]["spec"]["containers"][0]["image"] == TRTLLM_IMAGE
 
 
 def test_multi_node_instance_uses_lws_groups_and_dynamo_multinode(rack):
