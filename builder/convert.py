@@ -28,6 +28,7 @@ from builder.writer import (
     DEFAULT_MAX_SHARD_BYTES,
     INDEX_NAME,
     atomic_output,
+    check_apart,
     check_free_space,
     index_json,
     plan_shards,
@@ -124,8 +125,7 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
     src, out = Path(src), Path(out)
     if scope not in SCOPES:
         raise CheckpointError(f"--scope {scope!r} is unknown; choose one of {', '.join(SCOPES)}")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise CheckpointError(f"OUT {out} is inside SRC {src}; choose an output folder outside the source")
+    check_apart(src, out)
     ckpt = Checkpoint.open(src)
     if ckpt.expert_format is ExpertFormat.NVFP4:
         raise CheckpointError(f"{src}: already an NVFP4 checkpoint; convert takes MXFP4 or BF16 gpt-oss")
@@ -139,7 +139,7 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
     copy, skipped = aux_files(src)
     check_free_space(out, sum(s.nbytes for s in shards) + sum(p.stat().st_size for p in copy))
 
-    with one_torch_thread(), atomic_output(out, force, comm) as tmp:
+    with one_torch_thread(), atomic_output(out, force, comm, keep=src) as tmp:
         # the source checksum hashes the rows as they are read: the source is read once
         ckpt.digests = TensorDigests()
         produce = _Producer(ckpt, input_scales)

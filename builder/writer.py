@@ -112,10 +112,23 @@ def check_free_space(out: Path, need_bytes: int) -> None:
                           f"{parent} has {free / 1e9:.2f} GB free; free space or choose another OUT")
 
 
+def check_apart(src: Path, out: Path) -> None:
+    """OUT must neither be SRC, lie inside it, nor hold it: replacing OUT (--force) would delete the source."""
+    s, o = Path(src).resolve(), Path(out).resolve()
+    if o == s or s in o.parents:
+        raise OutputError(f"OUT {out} is inside SRC {src}; choose an output folder outside the source")
+    if o in s.parents:
+        raise OutputError(f"OUT {out} contains SRC {src}: replacing OUT would delete the source; choose an "
+                          "output folder outside the source's parents")
+
+
 @contextmanager
-def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
-    """Yield a fresh hidden folder beside `out`; rename it to `out` only if the block succeeds."""
+def atomic_output(out: Path, force: bool, comm: Comm, keep: Path | None = None) -> Iterator[Path]:
+    """Yield a fresh hidden folder beside `out`; rename it to `out` only if the block succeeds. keep: an
+    input folder (SRC) that `out` must stay apart from (`check_apart`)."""
     out = Path(out)
+    if keep is not None:
+        check_apart(keep, out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory; remove it or choose another OUT")
     if out.is_dir() and any(out.iterdir()) and not force:

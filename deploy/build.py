@@ -47,7 +47,7 @@ class BuildOptions:
 def build(src: Path, out: Path, opts: BuildOptions, log: Callable[[str], None] = print) -> dict:
     """Build the bundle; return its manifest. Raises BundleError when verification fails."""
     src, out = Path(src), Path(out)
-    with atomic_output(out, opts.force, SerialComm()) as tmp:
+    with atomic_output(out, opts.force, SerialComm(), keep=src) as tmp:
         ckpt = tmp / "checkpoint"
         data = calibration_data(src, input_ids=opts.calib_input_ids, text_file=opts.calib_text)
         log(f"[1/5] calibrating on {data.num_tokens} tokens ({data.source})")

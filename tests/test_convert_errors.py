@@ -192,3 +192,23 @@ def test_cli_error_is_one_line(src, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("trtkit: error: ") and "config.json" in lines[0]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["convert", "build"])
+def test_force_never_replaces_a_folder_that_holds_the_source(tiny_mxfp4, tmp_path, command):
+    """OUT = SRC's parent with --force would rename SRC away with the old OUT: refused before any work."""
+    parent = tmp_path / "parent"
+    src = parent / "src"
+    shutil.copytree(tiny_mxfp4, src)
+    before = sorted(p.name for p in src.iterdir())
+    r = run_cli(command, "--quiet", "--force", str(src), str(parent)) if command == "convert" else \
+        run_cli(command, "--force", str(src), str(parent))
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.strip().splitlines() == [f"trtkit: error: OUT {parent} contains SRC {src}: replacing OUT would "
+                                             "delete the source; choose an output folder outside the source's parents"]
+    assert sorted(p.name for p in src.iterdir()) == before
+    assert not (tmp_path / ".parent.partial").exists()
+    r = run_cli(command, "--force", str(src), str(src / "out")) if command == "build" else \
+        run_cli(command, "--quiet", str(src), str(src / "out"))
+    assert r.returncode == 1 and f"OUT {src / 'out'} is inside SRC {src}" in r.stderr
+    assert sorted(p.name for p in src.iterdir()) == before
