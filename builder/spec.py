@@ -253,5 +253,5 @@ def _rope_from_config(cfg: dict[str, Any], source: str) -> RopeSpec:
                                                       cfg.get("initial_context_length", 4096))),
         beta_fast=float(rope.get("beta_fast", 32.0)),
         beta_slow=float(rope.get("beta_slow", 1.0)),
-        truncate=bool(rope.get("truncate", False)),
+        truncate=bool(rope.get("truncate", True)),  # absent: truncated, as transformers reads it
     )
