@@ -19,7 +19,9 @@ from builder.synth import SHAPES
 from trtkit.cli_deploy import build, bundle, launch
 from trtkit.cli_plan import plan
 from trtkit.cli_plugins import plugins as plugins_cli
-from trtkit.cli_runtime import forward, verify
+from trtkit.cli_runtime import FiniteFloat, forward, verify
+
+SHARD_GB = FiniteFloat(min=0, min_open=True, max=1e6)  # > 0; at most 1 PB, so GB * 1e9 stays an int
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -67,7 +69,8 @@ def _progress_enabled(quiet: bool, rank: int) -> bool:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--experts", "experts_format", type=click.Choice(["mxfp4", "bf16"]), default="mxfp4",
               show_default=True, help="mxfp4: the released layout; bf16: as transformers saves it.")
-@click.option("--max-shard-gb", type=float, default=5.0, show_default=True)
+@click.option("--max-shard-gb", type=SHARD_GB, default=5.0, show_default=True,
+              help="Largest shard in GB (a tensor bigger than this gets a shard of its own).")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.argument("out", type=click.Path(path_type=Path))
@@ -93,7 +96,8 @@ def synth(shape: str, layers: int | None, seed: int, experts_format: str, max_sh
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--scope", type=click.Choice(sorted(SCOPES)), default="experts", show_default=True,
               help="Modules to quantize (identical tensors for gpt-oss; recorded in the manifest).")
-@click.option("--max-shard-gb", type=float, default=5.0, show_default=True)
+@click.option("--max-shard-gb", type=SHARD_GB, default=5.0, show_default=True,
+              help="Largest shard in GB (a tensor bigger than this gets a shard of its own).")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
+
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange that also refuses nan and +-inf (FloatRange lets both through: nan compares
+    false with every bound), so a threshold or a size is always a real number in range."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 @click.command("forward")
@@ -37,8 +51,10 @@ def forward(ckpt: Path, input_ids: Path, out: Path, dtype: str, stream: bool, em
 @click.option("--input-ids", "input_ids", type=click.Path(path_type=Path), default=None,
               help="JSON list of equal-length lists of token ids (default: --num-tokens random ids, seed 0).")
 @click.option("--num-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--max-kl", type=float, default=1e-3, show_default=True, help="Limit on the mean KL (nats).")
-@click.option("--min-top1", type=float, default=0.99, show_default=True, help="Minimum top-1 agreement.")
+@click.option("--max-kl", type=FiniteFloat(min=0), default=1e-3, show_default=True,
+              help="Limit on the mean KL (nats), >= 0.")
+@click.option("--min-top1", type=FiniteFloat(min=0, max=1), default=0.99, show_default=True,
+              help="Minimum top-1 agreement, a fraction in [0, 1].")
 @click.option("--emulate-w4a4", is_flag=True, help="Run the candidate with NVFP4 activations (Blackwell).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")

@@ -1,0 +1,67 @@
+"""Bad command-line values and bad files refused by the builder commands (synth, convert, forward, verify):
+one line naming the option/file/tensor/field and the fix, a non-zero exit, no traceback, nothing
+half-written. Driven through the real CLI (subprocess) on real files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TRTKIT = [sys.executable, "-m", "trtkit.cli"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRTKIT, *args], capture_output=True, text=True, timeout=300)
+
+
+def usage_error(r: subprocess.CompletedProcess) -> str:
+    """click's usage error: exit 2, no traceback, the reason on the last line."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    """A domain error: exit 1, exactly one line `trtkit: error: ...` on stderr."""
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trtkit: error: "), r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def src(tiny_mxfp4, tmp_path) -> Path:
+    out = tmp_path / "src"
+    shutil.copytree(tiny_mxfp4, out)
+    return out
+
+
+# ---- --max-shard-gb -------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["synth", "convert"])
+@pytest.mark.parametrize("value, reason", [("nan", "'nan' is not a finite number"),
+                                           ("inf", "'inf' is not a finite number"),
+                                           ("0", "0.0 is not in the range 0<x"),
+                                           ("-1", "-1.0 is not in the range 0<x")])
+def test_max_shard_gb_must_be_finite_and_positive(tiny_mxfp4, tmp_path, command, value, reason):
+    out = tmp_path / "out"
+    args = [str(out)] if command == "synth" else [str(tiny_mxfp4), str(out)]
+    line = usage_error(run_cli(command, "--quiet", "--max-shard-gb", value, *args))
+    assert "'--max-shard-gb'" in line and reason in line, line
+    assert not out.exists()
+
+
+# ---- verify thresholds ----------------------------------------------------------------------------
+@pytest.mark.parametrize("option, value, reason", [
+    ("--max-kl", "nan", "'nan' is not a finite number"),
+    ("--max-kl", "-0.5", "-0.5 is not in the range x>=0"),
+    ("--min-top1", "1.5", "1.5 is not in the range 0<=x<=1"),
+    ("--min-top1", "-0.1", "-0.1 is not in the range 0<=x<=1"),
+    ("--min-top1", "nan", "'nan' is not a finite number"),
+])
+def test_verify_thresholds_are_range_checked(tiny_mxfp4, option, value, reason):
+    line = usage_error(run_cli("verify", option, value, str(tiny_mxfp4), str(tiny_mxfp4)))
+    assert f"'{option}'" in line and reason in line, line
