@@ -65,3 +65,21 @@ def test_max_shard_gb_must_be_finite_and_positive(tiny_mxfp4, tmp_path, command,
 def test_verify_thresholds_are_range_checked(tiny_mxfp4, option, value, reason):
     line = usage_error(run_cli("verify", option, value, str(tiny_mxfp4), str(tiny_mxfp4)))
     assert f"'{option}'" in line and reason in line, line
+
+
+# ---- verify --num-tokens --------------------------------------------------------------------------
+def test_verify_refuses_num_tokens_with_input_ids(tiny_mxfp4, tmp_path):
+    ids = tmp_path / "ids.json"
+    ids.write_text("[[1, 2, 3]]")
+    line = usage_error(run_cli("verify", "--num-tokens", "8", "--input-ids", str(ids), str(tiny_mxfp4),
+                               str(tiny_mxfp4)))
+    assert "--num-tokens" in line and "--input-ids" in line and "one or the other" in line, line
+    ok = run_cli("verify", "--json", "--input-ids", str(ids), str(tiny_mxfp4), str(tiny_mxfp4))
+    assert ok.returncode == 0 and '"positions": 3' in ok.stdout, ok.stderr
+
+
+def test_verify_num_tokens_rounding_is_documented(tiny_mxfp4):
+    """--num-tokens 200 runs 2 whole 128-token sequences; the help says so, with that very example."""
+    assert "200 runs 2 x 128 = 256" in " ".join(run_cli("verify", "--help").stdout.split())
+    r = run_cli("verify", "--json", "--num-tokens", "200", str(tiny_mxfp4), str(tiny_mxfp4))
+    assert r.returncode == 0 and '"positions": 256' in r.stdout, r.stderr

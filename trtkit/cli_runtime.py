@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 
 class FiniteFloat(click.FloatRange):
@@ -50,7 +51,9 @@ def forward(ckpt: Path, input_ids: Path, out: Path, dtype: str, stream: bool, em
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--input-ids", "input_ids", type=click.Path(path_type=Path), default=None,
               help="JSON list of equal-length lists of token ids (default: --num-tokens random ids, seed 0).")
-@click.option("--num-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--num-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Random ids (seed 0) when no --input-ids, in sequences of min(N, 128) tokens; N is "
+                   "rounded up to whole sequences (200 runs 2 x 128 = 256 positions).")
 @click.option("--max-kl", type=FiniteFloat(min=0), default=1e-3, show_default=True,
               help="Limit on the mean KL (nats), >= 0.")
 @click.option("--min-top1", type=FiniteFloat(min=0, max=1), default=0.99, show_default=True,
@@ -71,6 +74,9 @@ def verify(reference: Path, candidate: Path, input_ids: Path | None, num_tokens:
     from builder.verify import Thresholds
     from builder.verify import verify as run_verify
 
+    if input_ids and click.get_current_context().get_parameter_source("num_tokens") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--num-tokens sizes the random default ids; --input-ids gives the ids "
+                               "themselves: pass one or the other")
     ids = load_input_ids(input_ids, Checkpoint.open(reference).spec.vocab_size) if input_ids else None
     report = run_verify(reference, candidate, ids, num_tokens=num_tokens,
                         thresholds=Thresholds(max_kl=max_kl, min_top1=min_top1), emulate_w4a4=emulate_w4a4,
