@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,77 @@ SUPPORTED_ARCHITECTURES = ("GptOssForCausalLM",)
 SUPPORTED_MODEL_TYPES = ("gpt_oss",)
 LAYER_TYPES = ("sliding_attention", "full_attention")
 MX_BLOCK = 32  # MXFP4 block along the input dimension; hidden and intermediate must be multiples
+
+
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # a JSON integer beyond the float range
+        return False
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a config.json value must be: its JSON types (a boolean is never a number) and its range."""
+
+    expected: str
+    types: tuple[type, ...]
+    in_range: Callable[[Any], bool] = lambda v: True
+    convert: Callable[[Any], Any] = lambda v: v
+
+
+POSITIVE_INT = Kind("a positive JSON integer (no quotes, no fraction)", (int,), lambda v: v > 0)
+POSITIVE_NUMBER = Kind("a finite JSON number > 0 (no quotes)", (int, float),
+                       lambda v: _finite(v) and v > 0, float)
+BOOLEAN = Kind("true or false (no quotes)", (bool,))
+
+# config.json fields (and the keys of rope_scaling / rope_parameters) -> what each must be
+CONFIG_FIELDS: dict[str, Kind] = {
+    **dict.fromkeys(("num_hidden_layers", "num_local_experts", "num_experts", "num_experts_per_tok",
+                     "experts_per_token", "hidden_size", "intermediate_size", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "vocab_size", "sliding_window",
+                     "max_position_embeddings", "initial_context_length",
+                     "original_max_position_embeddings"), POSITIVE_INT),
+    **dict.fromkeys(("rms_norm_eps", "swiglu_limit", "rope_theta", "factor", "beta_fast", "beta_slow"),
+                    POSITIVE_NUMBER),
+    **dict.fromkeys(("attention_bias", "tie_word_embeddings", "truncate"), BOOLEAN),
+}
+_REQUIRED = object()
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True)
+class ConfigFields:
+    """Typed reads of one JSON object of config.json, checked against CONFIG_FIELDS."""
+
+    values: Mapping[str, Any]
+    source: str
+    prefix: str = ""  # "rope_scaling." for a nested object, so errors name the full field
+
+    def get(self, *keys: str, default: Any = _REQUIRED) -> Any:
+        """The first of `keys` (a field and its aliases) that is present, checked; absent (or null,
+        when the field is optional) -> `default`; absent and required -> an error naming the field."""
+        for key in keys:
+            value = self.values.get(key)
+            if value is None and default is not _REQUIRED:
+                continue
+            if key in self.values:
+                return self.check(key, value)
+        if default is _REQUIRED:
+            raise CheckpointError(f"{self.source}: missing field {self.prefix + keys[0]!r} required for gpt-oss")
+        return default
+
+    def check(self, key: str, value: Any) -> Any:
+        kind = CONFIG_FIELDS[key]
+        typed = isinstance(value, kind.types) and (bool in kind.types or not isinstance(value, bool))
+        if not (typed and kind.in_range(value)):
+            raise CheckpointError(f"{self.source}: field {self.prefix + key!r} is {_shown(value)}; expected "
+                                  f"{kind.expected}; correct it in config.json")
+        return kind.convert(value)
 
 
 @dataclass(frozen=True)
@@ -86,7 +158,8 @@ class ModelSpec:
         for name in ("num_hidden_layers", "num_local_experts", "num_experts_per_tok", "hidden_size",
                      "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                      "vocab_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise bad(name, "must be a positive integer")
         if self.num_experts_per_tok > self.num_local_experts:
             raise bad("num_experts_per_tok", f"exceeds num_local_experts={self.num_local_experts}")
@@ -123,6 +196,9 @@ class ModelSpec:
     @classmethod
     def from_config(cls, cfg: dict[str, Any], source: str = "config.json") -> ModelSpec:
         archs = cfg.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise CheckpointError(f"{source}: field 'architectures' is {_shown(archs)}; expected a JSON list "
+                                  f"of class names such as [\"{SUPPORTED_ARCHITECTURES[0]}\"]")
         model_type = cfg.get("model_type")
         if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and model_type not in SUPPORTED_MODEL_TYPES:
             found = ",".join(archs) or model_type or "none"
@@ -130,39 +206,28 @@ class ModelSpec:
                 f"{source}: unsupported architecture {found}; supported: "
                 f"{', '.join(SUPPORTED_ARCHITECTURES)} (model_type {', '.join(SUPPORTED_MODEL_TYPES)})")
 
-        def need(key: str) -> Any:
-            if key not in cfg:
-                raise CheckpointError(f"{source}: missing field {key!r} required for gpt-oss")
-            return cfg[key]
-
-        layers = int(need("num_hidden_layers"))
-        layer_types = cfg.get("layer_types") or [
-            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
-        experts = cfg.get("num_local_experts", cfg.get("num_experts"))
-        if experts is None:
-            raise CheckpointError(f"{source}: missing field 'num_local_experts' required for gpt-oss")
-        top_k = cfg.get("num_experts_per_tok", cfg.get("experts_per_token"))
-        if top_k is None:
-            raise CheckpointError(f"{source}: missing field 'num_experts_per_tok' required for gpt-oss")
-        heads = int(need("num_attention_heads"))
+        f = ConfigFields(cfg, source)
+        layers = f.get("num_hidden_layers")
+        heads = f.get("num_attention_heads")
+        hidden = f.get("hidden_size")
         return cls(
             num_hidden_layers=layers,
-            num_local_experts=int(experts),
-            num_experts_per_tok=int(top_k),
-            hidden_size=int(need("hidden_size")),
-            intermediate_size=int(need("intermediate_size")),
+            num_local_experts=f.get("num_local_experts", "num_experts"),
+            num_experts_per_tok=f.get("num_experts_per_tok", "experts_per_token"),
+            hidden_size=hidden,
+            intermediate_size=f.get("intermediate_size"),
             num_attention_heads=heads,
-            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or need("hidden_size") // heads),
-            vocab_size=int(need("vocab_size")),
-            sliding_window=int(cfg.get("sliding_window") or 128),
-            max_position_embeddings=int(need("max_position_embeddings")),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            num_key_value_heads=f.get("num_key_value_heads", default=heads),
+            head_dim=f.get("head_dim", default=hidden // heads),
+            vocab_size=f.get("vocab_size"),
+            sliding_window=f.get("sliding_window", default=128),
+            max_position_embeddings=f.get("max_position_embeddings"),
+            rms_norm_eps=f.get("rms_norm_eps", default=1e-5),
             rope=_rope_from_config(cfg, source),
-            layer_types=tuple(layer_types),
-            swiglu_limit=float(cfg.get("swiglu_limit", 7.0)),
-            attention_bias=bool(cfg.get("attention_bias", True)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            layer_types=_layer_types(cfg, layers, source),
+            swiglu_limit=f.get("swiglu_limit", default=7.0),
+            attention_bias=f.get("attention_bias", default=True),
+            tie_word_embeddings=f.get("tie_word_embeddings", default=False),
             architecture=SUPPORTED_ARCHITECTURES[0],
             raw_config=dict(cfg),
         )
@@ -231,27 +296,43 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def _layer_types(cfg: dict[str, Any], layers: int, source: str) -> tuple[str, ...]:
+    """`layer_types` as given (a list of names, checked against LAYER_TYPES later), or alternating."""
+    given = cfg.get("layer_types")
+    if given is None or given == []:
+        return tuple("sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers))
+    if not isinstance(given, list) or not all(isinstance(t, str) for t in given):
+        raise CheckpointError(f"{source}: field 'layer_types' is {_shown(given)}; expected a JSON list of "
+                              f"{' / '.join(LAYER_TYPES)} strings, one per layer; correct it in config.json")
+    return tuple(given)
+
+
 def _rope_from_config(cfg: dict[str, Any], source: str) -> RopeSpec:
     params = cfg.get("rope_parameters")
     legacy = cfg.get("rope_scaling")
     if isinstance(params, dict) and params:
-        rope = dict(params)
-        theta = rope.pop("rope_theta", cfg.get("rope_theta"))
+        rope = ConfigFields(params, source, "rope_parameters.")
+        theta = rope.get("rope_theta", default=None)
+        if theta is None:
+            theta = ConfigFields(cfg, source).get("rope_theta", default=None)
     else:
-        rope = dict(legacy or {})
-        theta = cfg.get("rope_theta")
+        if legacy is not None and not isinstance(legacy, dict):
+            raise CheckpointError(f"{source}: field 'rope_scaling' is {_shown(legacy)}; expected a JSON object "
+                                  "(YaRN parameters) or null; correct it in config.json")
+        rope = ConfigFields(legacy or {}, source, "rope_scaling.")
+        theta = ConfigFields(cfg, source).get("rope_theta", default=None)
     if theta is None:
         raise CheckpointError(f"{source}: missing 'rope_theta' (legacy) or 'rope_parameters.rope_theta' (5.x)")
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    rope_type = rope.values.get("rope_type", rope.values.get("type", "default"))
     if rope_type not in ("yarn", "default"):
         raise CheckpointError(f"{source}: rope_type {rope_type!r} unsupported for gpt-oss; expected 'yarn'")
+    context = ConfigFields(cfg, source).get("initial_context_length", default=4096)
     return RopeSpec(
-        theta=float(theta),
+        theta=theta,
         rope_type=rope_type,
-        factor=float(rope.get("factor", 1.0)),
-        original_max_position_embeddings=int(rope.get("original_max_position_embeddings",
-                                                      cfg.get("initial_context_length", 4096))),
-        beta_fast=float(rope.get("beta_fast", 32.0)),
-        beta_slow=float(rope.get("beta_slow", 1.0)),
-        truncate=bool(rope.get("truncate", True)),  # absent: truncated, as transformers reads it
+        factor=rope.get("factor", default=1.0),
+        original_max_position_embeddings=rope.get("original_max_position_embeddings", default=context),
+        beta_fast=rope.get("beta_fast", default=32.0),
+        beta_slow=rope.get("beta_slow", default=1.0),
+        truncate=rope.get("truncate", default=True),  # absent: truncated, as transformers reads it
     )

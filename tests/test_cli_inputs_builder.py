@@ -4,6 +4,7 @@ half-written. Driven through the real CLI (subprocess) on real files."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,16 @@ def test_verify_num_tokens_rounding_is_documented(tiny_mxfp4):
     assert "200 runs 2 x 128 = 256" in " ".join(run_cli("verify", "--help").stdout.split())
     r = run_cli("verify", "--json", "--num-tokens", "200", str(tiny_mxfp4), str(tiny_mxfp4))
     assert r.returncode == 0 and '"positions": 256' in r.stdout, r.stderr
+
+
+# ---- config.json typing -----------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value", [("hidden_size", None), ("num_attention_heads", "four"),
+                                          ("hidden_size", 128.5), ("swiglu_limit", "seven")])
+def test_convert_refuses_mistyped_config_field(src, tmp_path, field, value):
+    cfg = json.loads((src / "config.json").read_text())
+    cfg[field] = value
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    line = one_line_error(run_cli("convert", "--quiet", str(src), str(out)))
+    assert f"{src / 'config.json'}: field '{field}' is {json.dumps(value)}; expected" in line, line
+    assert not out.exists()

@@ -94,3 +94,53 @@ def test_missing_field_is_named():
     del cfg["hidden_size"]
     with pytest.raises(CheckpointError, match="missing field 'hidden_size'"):
         ModelSpec.from_config(cfg)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("hidden_size", None, "a positive JSON integer"),
+    ("hidden_size", "2880", "a positive JSON integer"),
+    ("hidden_size", 2880.5, "a positive JSON integer"),
+    ("hidden_size", 2880.0, "a positive JSON integer"),
+    ("num_hidden_layers", True, "a positive JSON integer"),
+    ("num_attention_heads", "four", "a positive JSON integer"),
+    ("sliding_window", -1, "a positive JSON integer"),
+    ("head_dim", 0, "a positive JSON integer"),
+    ("experts_per_token", 1e400, "a positive JSON integer"),
+    ("rms_norm_eps", "x", "a finite JSON number > 0"),
+    ("rms_norm_eps", float("nan"), "a finite JSON number > 0"),
+    ("rms_norm_eps", True, "a finite JSON number > 0"),
+    ("swiglu_limit", "seven", "a finite JSON number > 0"),
+    ("swiglu_limit", float("inf"), "a finite JSON number > 0"),
+    ("rope_theta", -150000, "a finite JSON number > 0"),
+    ("attention_bias", "false", "true or false"),
+])
+def test_field_types_and_ranges_are_strict(field, value, expected):
+    """JSON ints only for integer fields (no string/float/bool), finite numbers for the floats; the
+    message names config.json, the field, the value found and what is expected."""
+    cfg = release_20b_config()
+    cfg[field] = value
+    if field == "experts_per_token":  # the alias is read only when num_experts_per_tok is absent
+        del cfg["num_experts_per_tok"]
+    with pytest.raises(CheckpointError) as info:
+        ModelSpec.from_config(json.loads(json.dumps(cfg)), source="ckpt/config.json")
+    message = str(info.value)
+    assert message.startswith(f"ckpt/config.json: field '{field}' is {json.dumps(value)}; expected {expected}")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("where, key, value", [("rope_scaling", "factor", "32"),
+                                               ("rope_scaling", "truncate", 0),
+                                               ("rope_scaling", "original_max_position_embeddings", 4096.5)])
+def test_nested_rope_fields_are_named_in_full(where, key, value):
+    cfg = release_20b_config()
+    cfg[where] = {**cfg[where], key: value}
+    with pytest.raises(CheckpointError, match=f"field '{where}.{key}' is {json.dumps(value)}; expected"):
+        ModelSpec.from_config(cfg)
+
+
+def test_optional_fields_accept_null_as_unset():
+    cfg = release_20b_config()
+    cfg.update(head_dim=None, sliding_window=None, num_key_value_heads=None, rms_norm_eps=1)
+    spec = ModelSpec.from_config(cfg)
+    assert (spec.head_dim, spec.sliding_window, spec.num_key_value_heads) == (45, 128, 64)
+    assert spec.rms_norm_eps == 1.0 and isinstance(spec.rms_norm_eps, float)
