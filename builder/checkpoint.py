@@ -161,13 +161,20 @@ def _read_weight_map(folder: Path) -> dict[str, str]:
         return {name: SINGLE_NAME for name in read_header(single).tensors}
     try:
         data = json.loads(index.read_text())
-        weight_map = data["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: not a valid safetensors index ({exc!r}); regenerate it") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index}: not valid JSON ({exc}); regenerate the index") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        found = "no \"weight_map\"" if weight_map is None else f"\"weight_map\" {json.dumps(weight_map)[:40]}"
+        raise CheckpointError(f"{index}: not a valid safetensors index ({found}; expected a \"weight_map\" "
+                              "object of tensor name -> shard file name); regenerate it")
     for tensor, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{index}: tensor {tensor} maps to {json.dumps(shard)}, not a shard file "
+                                  "name; regenerate the index")
         rel = Path(shard)
         target = folder / rel  # symlinks are allowed (Hugging Face cache snapshots point into blobs/)
-        if not isinstance(shard, str) or rel.is_absolute() or ".." in rel.parts or len(rel.parts) != 1:
+        if rel.is_absolute() or ".." in rel.parts or len(rel.parts) != 1:
             raise CheckpointError(f"{index}: tensor {tensor} points outside the checkpoint folder "
                                   f"({shard!r}); shard paths must be plain file names")
         if not target.is_file():

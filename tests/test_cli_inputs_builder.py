@@ -97,3 +97,19 @@ def test_convert_refuses_mistyped_config_field(src, tmp_path, field, value):
     line = one_line_error(run_cli("convert", "--quiet", str(src), str(out)))
     assert f"{src / 'config.json'}: field '{field}' is {json.dumps(value)}; expected" in line, line
     assert not out.exists()
+
+
+# ---- model.safetensors.index.json ------------------------------------------------------------------
+@pytest.mark.parametrize("weight_map, fragment", [
+    ([1, 2], 'not a valid safetensors index ("weight_map" [1, 2]; expected a "weight_map" object'),
+    ({"model.norm.weight": 5}, "tensor model.norm.weight maps to 5, not a shard file name"),
+])
+def test_malformed_index_is_named(src, tmp_path, weight_map, fragment):
+    index = src / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"] = weight_map if isinstance(weight_map, list) else {**data["weight_map"], **weight_map}
+    index.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    line = one_line_error(run_cli("convert", "--quiet", str(src), str(out)))
+    assert line.startswith(f"trtkit: error: {index}: ") and fragment in line and "regenerate" in line, line
+    assert not out.exists()
