@@ -52,7 +52,13 @@ def tokenize_text(src: Path, text: str) -> list[int]:
                                "or pass --calib-input-ids IDS.json")
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path)).encode(text).ids
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for any malformed file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CalibrationError(f"{path}: cannot load the tokenizer ({reason}); restore tokenizer.json from the "
+                               "source checkpoint, or pass --calib-input-ids IDS.json") from exc
+    return tokenizer.encode(text).ids
 
 
 def calibration_data(src: Path, *, input_ids: Path | None = None, text_file: Path | None = None,

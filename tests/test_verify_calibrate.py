@@ -116,3 +116,18 @@ def test_calibration_without_tokenizer(tiny_mxfp4, tmp_path):
     r = cli("convert", "--quiet", "--calibrate", str(src), str(tmp_path / "out"))
     assert r.returncode == 1 and "tokenizer.json: not found" in r.stderr and "--calib-input-ids" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_calibration_with_corrupt_tokenizer(tiny_mxfp4, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_mxfp4, src)
+    (src / "tokenizer.json").write_text("nope")
+    r = cli("convert", "--quiet", "--calibrate", str(src), str(tmp_path / "out"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"trtkit: error: {src / 'tokenizer.json'}: cannot load the "
+                                                   "tokenizer ("), r.stderr
+    assert "restore tokenizer.json" in lines[0] and "--calib-input-ids" in lines[0]
+    assert not (tmp_path / "out").exists()
