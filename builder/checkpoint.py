@@ -24,6 +24,8 @@ from builder.spec import ModelSpec, read_config
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 QUANT_METHODS = {None: ExpertFormat.BF16, "mxfp4": ExpertFormat.MXFP4, "modelopt": ExpertFormat.NVFP4}
+# Tensors (by name suffix) whose every value must be > 0 when read, and what they are.
+POSITIVE_TENSORS = {"_input_scale": "an NVFP4 activation input_scale (the activations are divided by it)"}
 
 
 @dataclass
@@ -119,18 +121,26 @@ class Checkpoint:
         return flat.view(spec.dtype).reshape(shape)
 
     def load(self, name: str, *, check: bool = True) -> torch.Tensor:
-        """Load one whole tensor; floating tensors are checked for NaN/Inf."""
+        """Load one whole tensor; floating tensors are checked for NaN/Inf, scales for their range."""
         t = self._read(name, 0, None)
         if check:
-            check_finite(name, t)
+            self._check(name, t)
         return t
 
     def load_rows(self, name: str, start: int, stop: int, *, check: bool = True) -> torch.Tensor:
         """Load `tensor[start:stop]` along the leading axis without reading the rest."""
         t = self._read(name, start, stop)
         if check:
-            check_finite(name, t)
+            self._check(name, t)
         return t
+
+    def _check(self, name: str, t: torch.Tensor) -> None:
+        where = self.folder / self.weight_map[name]
+        check_finite(name, t, where)
+        for suffix, why in POSITIVE_TENSORS.items():
+            if name.endswith(suffix) and t.numel() and not bool((t > 0).all()):
+                raise CheckpointError(f"{where}: tensor {name} holds {float(t.min()):g}; {why} must be > 0 "
+                                      "(recalibrate with `trtkit convert --calibrate`, or restore the file)")
 
     def close(self) -> None:
         for fd in self._handles.values():

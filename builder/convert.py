@@ -7,6 +7,7 @@ for any N. Output is all-or-nothing (see `builder.writer.atomic_output`).
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -135,6 +136,11 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
                          and t.name not in input_scales)
         if missing:
             raise CheckpointError(f"calibration gave no input_scale for {', '.join(missing)}")
+        bad = {n: v for n, v in input_scales.items() if not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise CheckpointError(f"calibration gave input_scale {', '.join(f'{n}={v:g}' for n, v in bad.items())}; "
+                                  "each must be finite and > 0 (0: no calibration activation reached that "
+                                  "projection); calibrate on more or other data")
     shards = plan_shards(targets, max_shard_bytes)
     copy, skipped = aux_files(src)
     check_free_space(out, sum(s.nbytes for s in shards) + sum(p.stat().st_size for p in copy))

@@ -119,9 +119,12 @@ def verify_modes(reference: Path, candidate: Path, modes: dict[bool, Thresholds]
     """Compare CANDIDATE with REFERENCE once per mode ({emulate_w4a4: thresholds}); the reference
     logits and the expert-weight comparison are computed once and shared by every mode."""
     from builder.runtime.model import GptOssRuntime
+    from builder.runtime.weights import check_emulate_w4a4
 
     ref_ckpt, cand_ckpt = Checkpoint.open(reference), Checkpoint.open(candidate)
     check_same_architecture(ref_ckpt.spec, cand_ckpt.spec)
+    if any(modes):
+        check_emulate_w4a4(cand_ckpt)  # before the reference runs, not after
     if ids is None:
         ids = default_input_ids(ref_ckpt.spec.vocab_size, num_tokens)
     say = log or (lambda _: None)

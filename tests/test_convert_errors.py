@@ -212,3 +212,14 @@ def test_force_never_replaces_a_folder_that_holds_the_source(tiny_mxfp4, tmp_pat
         run_cli(command, "--quiet", str(src), str(src / "out"))
     assert r.returncode == 1 and f"OUT {src / 'out'} is inside SRC {src}" in r.stderr
     assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_zero_input_scale_from_calibration_is_refused(src, tmp_path):
+    """An amax of 0 (no calibration activation reached a projection) would write an input_scale of 0,
+    which no runtime can divide by: refused before anything is written."""
+    names = [f"model.layers.{i}.mlp.experts.{p}_input_scale" for i in (0, 1) for p in ("gate_up_proj", "down_proj")]
+    scales = dict.fromkeys(names, 0.01) | {names[3]: 0.0}
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError, match=f"calibration gave input_scale {names[3]}=0; each must be finite"):
+        convert(src, out, input_scales=scales)
+    assert not out.exists() and not (tmp_path / ".out.partial").exists()

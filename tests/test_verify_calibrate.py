@@ -131,3 +131,50 @@ def test_calibration_with_corrupt_tokenizer(tiny_mxfp4, tmp_path):
                                                    "tokenizer ("), r.stderr
     assert "restore tokenizer.json" in lines[0] and "--calib-input-ids" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def _set_tensor(folder: Path, name: str, value: float) -> Path:
+    """Overwrite every element of tensor `name` in its shard (a real file edit); return the shard."""
+    from safetensors.torch import load_file, save_file
+
+    shard = folder / Checkpoint.open(folder).weight_map[name]
+    data = load_file(shard)
+    data[name].fill_(value)
+    save_file(data, shard, metadata={"format": "pt"})
+    return shard
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5])
+def test_bad_input_scale_is_named_before_any_forward(tiny_mxfp4, calibrated, tmp_path, value):
+    import shutil
+
+    cand = tmp_path / "cand"
+    shutil.copytree(calibrated, cand)
+    name = "model.layers.1.mlp.experts.down_proj_input_scale"
+    shard = _set_tensor(cand, name, value)
+    ids = tmp_path / "ids.json"
+    ids.write_text("[[1, 2, 3]]")
+    out = tmp_path / "logits.safetensors"
+    for r in (cli("verify", "--emulate-w4a4", "--num-tokens", "8", str(tiny_mxfp4), str(cand)),
+              cli("forward", "--emulate-w4a4", "--input-ids", str(ids), "--out", str(out), str(cand))):
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last == (f"trtkit: error: {shard}: tensor {name} holds {value:g}; an NVFP4 activation input_scale "
+                        "(the activations are divided by it) must be > 0 (recalibrate with `trtkit convert "
+                        "--calibrate`, or restore the file)"), r.stderr
+        assert "running reference" not in r.stderr  # refused before the reference model ran
+    assert not out.exists()
+
+
+def test_nan_in_candidate_names_the_candidate(tiny_mxfp4, tiny_nvfp4, tmp_path):
+    import shutil
+
+    cand = tmp_path / "cand"
+    shutil.copytree(tiny_nvfp4, cand)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    shard = _set_tensor(cand, name, float("nan"))
+    r = cli("verify", "--num-tokens", "8", str(tiny_mxfp4), str(cand))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"trtkit: error: {shard}: tensor {name}: non-finite value nan at index [0, 0]"), last
+    assert "source weights" not in last and "the checkpoint holding it is corrupt" in last

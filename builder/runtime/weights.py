@@ -93,6 +93,8 @@ def check_emulate_w4a4(ckpt: Checkpoint) -> None:
         raise RuntimeModeError(f"{ckpt.folder}: --emulate-w4a4 needs activation input scales, but this NVFP4 "
                                "checkpoint is weights-only (no *_input_scale tensors); convert with "
                                "calibrated input scales or drop the flag")
+    for name in sorted(n for n in ckpt.weight_map if n.endswith("_input_scale")):
+        ckpt.load(name)  # scalars: checked now (finite, > 0), before any forward runs
 
 
 def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype, emulate_w4a4: bool = False
