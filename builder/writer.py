@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -102,10 +104,26 @@ def guard_disk(fn: Callable[[], str], folder: Path) -> str:
         raise
 
 
+def check_creatable(out: Path) -> Path:
+    """OUT (a folder or file not yet written) can be created: the nearest existing folder above it is a
+    directory that accepts new entries. Returns that folder. The test is a real one (a temporary folder,
+    removed at once): permission bits say nothing for root, read-only mounts or /proc."""
+    out = Path(out)
+    base = Path(os.path.abspath(out)).parent
+    while not base.exists():  # OUT's parents are created later
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"cannot create OUT {out}: {base} is a file, not a directory; choose another OUT")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".trtkit-probe-", dir=base))
+    except OSError as exc:
+        raise OutputError(f"cannot create OUT {out}: {base} does not accept new files ({exc.strerror}); "
+                          "choose another OUT") from exc
+    return base
+
+
 def check_free_space(out: Path, need_bytes: int) -> None:
-    parent = out.resolve().parent
-    while not parent.exists():  # OUT's parents are created later; measure the nearest existing one
-        parent = parent.parent
+    parent = check_creatable(out)  # measure where OUT will live, once it is known OUT can live there
     free = shutil.disk_usage(parent).free
     if free < need_bytes:
         raise OutputError(f"{out}: out of disk space: the output needs {need_bytes / 1e9:.2f} GB, "
@@ -133,14 +151,19 @@ def atomic_output(out: Path, force: bool, comm: Comm, keep: Path | None = None) 
         raise OutputError(f"{out}: exists and is not a directory; remove it or choose another OUT")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise OutputError(f"{out}: exists and is not empty; pass --force to replace it")
+    check_creatable(out)
     tmp = out.parent / f".{out.name}.partial"
     old = out.parent / f".{out.name}.old"
     if comm.rank == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in (tmp, old):
-            if stale.exists():
-                shutil.rmtree(stale)
-        tmp.mkdir()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            for stale in (tmp, old):
+                if stale.exists():
+                    shutil.rmtree(stale)
+            tmp.mkdir()
+        except OSError as exc:
+            raise OutputError(f"cannot create OUT {out}: {exc.strerror} ({exc.filename}); "
+                              "choose another OUT") from exc
     comm.barrier()
     try:
         yield tmp

@@ -113,3 +113,45 @@ def test_malformed_index_is_named(src, tmp_path, weight_map, fragment):
     line = one_line_error(run_cli("convert", "--quiet", str(src), str(out)))
     assert line.startswith(f"trtkit: error: {index}: ") and fragment in line and "regenerate" in line, line
     assert not out.exists()
+
+
+# ---- output locations that cannot be created ---------------------------------------------------------
+def _commands(kind: str, tiny: Path, tmp_path: Path, out: Path) -> list[str]:
+    ids = tmp_path / "ids.json"
+    ids.write_text("[[1, 2, 3]]")
+    return {"synth": ["synth", "--quiet", str(out)],
+            "convert": ["convert", "--quiet", str(tiny), str(out)],
+            "forward": ["forward", "--input-ids", str(ids), "--out", str(out), str(tiny)]}[kind]
+
+
+@pytest.mark.parametrize("kind", ["synth", "convert", "forward"])
+def test_out_under_a_file_cannot_be_created(tiny_mxfp4, tmp_path, kind):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    out = blocker / "out"
+    line = one_line_error(run_cli(*_commands(kind, tiny_mxfp4, tmp_path, out)))
+    assert line == f"trtkit: error: cannot create OUT {out}: {blocker} is a file, not a directory; choose another OUT"
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("kind", ["synth", "convert", "forward"])
+def test_out_where_nothing_can_be_created(tiny_mxfp4, tmp_path, kind):
+    """/proc/self exists and is a directory, but takes no new entries (root included): not 'out of disk space'."""
+    out = Path("/proc/self/trtkit-out")
+    line = one_line_error(run_cli(*_commands(kind, tiny_mxfp4, tmp_path, out)))
+    assert line.startswith(f"trtkit: error: cannot create OUT {out}: /proc/self does not accept new files ("), line
+    assert line.endswith("); choose another OUT") and "disk space" not in line
+
+
+def test_forward_out_is_a_directory(tiny_mxfp4, tmp_path):
+    line = one_line_error(run_cli(*_commands("forward", tiny_mxfp4, tmp_path, tmp_path)))
+    assert line == (f"trtkit: error: {tmp_path}: is a directory; pass a file name for the logits, e.g. "
+                    f"{tmp_path / 'logits.safetensors'}")
+
+
+def test_creatable_check_leaves_nothing_behind(tmp_path):
+    from builder.writer import check_creatable
+
+    assert check_creatable(tmp_path / "a" / "b" / "out") == tmp_path
+    assert list(tmp_path.iterdir()) == []

@@ -36,8 +36,9 @@ class FiniteFloat(click.FloatRange):
 def forward(ckpt: Path, input_ids: Path, out: Path, dtype: str, stream: bool, emulate_w4a4: bool) -> None:
     """Prefill token ids through checkpoint CKPT (MXFP4, BF16 or NVFP4) and save the logits."""
     from builder.checkpoint import Checkpoint
-    from builder.runtime import COMPUTE_DTYPES, GptOssRuntime, load_input_ids, save_logits
+    from builder.runtime import COMPUTE_DTYPES, GptOssRuntime, check_logits_path, load_input_ids, save_logits
 
+    check_logits_path(out)
     checkpoint = Checkpoint.open(ckpt)
     ids = load_input_ids(input_ids, checkpoint.spec.vocab_size)
     runtime = GptOssRuntime(checkpoint, dtype=COMPUTE_DTYPES[dtype], stream=stream, emulate_w4a4=emulate_w4a4)

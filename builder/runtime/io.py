@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from builder.errors import OutputError, TrtkitError
+from builder.writer import check_creatable
 
 LOGITS_KEY = "logits"
 
@@ -53,12 +54,25 @@ def load_input_ids(path: str | Path, vocab_size: int) -> torch.Tensor:
     return parse_input_ids(data, vocab_size, str(path))
 
 
+def check_logits_path(path: str | Path) -> None:
+    """`path` can take the logits file: not a folder, in an existing folder that accepts new files.
+    Called before the forward runs, so a bad --out costs nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; pass a file name for the logits, e.g. {path / 'logits.safetensors'}")
+    if not path.parent.exists():
+        raise OutputError(f"{path}: folder {path.parent} does not exist; create it first")
+    check_creatable(path)
+
+
 def save_logits(path: str | Path, logits: torch.Tensor) -> None:
     """Write {"logits": float32 [B, T, V]} to `path` via a temporary file in the same folder."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    check_logits_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror}; choose another --out") from exc
     os.close(fd)
     try:
         save_file({LOGITS_KEY: logits.float().contiguous()}, tmp)
