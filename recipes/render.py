@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from builder.errors import OutputError
+from builder.parallel import SerialComm
+from builder.writer import atomic_output
 from recipes.k8s import dynamo_yaml, lws_yaml
 from recipes.launch import serve_sh, slurm_sbatch
+from recipes.plot import plot_frontier
 from recipes.recipe import OPTIONS_FILE, Recipe, options_yaml, recipe_yaml
 from recipes.search import Profile, SearchResult
 from recipes.validate import validate_folder
@@ -47,3 +52,29 @@ def write_recipe(r: Recipe, folder: Path) -> Path:
 def write_picks(result: SearchResult, out: Path) -> dict[Profile, Path]:
     """`out/<profile>/` for the latency, balanced and throughput picks."""
     return {p: write_recipe(r, out / p.value) for p, r in recipes_of(result).items()}
+
+
+FRONTIER_PNG = "frontier.png"
+
+
+def write_plan(result: SearchResult, out: Path, force: bool) -> tuple[dict[Profile, Path], Path]:
+    """`trtkit plan --out OUT`: frontier.png and the picks' recipes, all or nothing. Built in `.OUT.partial`
+    beside OUT and renamed into place only when complete (builder.writer.atomic_output): a failure leaves
+    no half-written OUT, and a non-empty OUT is replaced only with `force`."""
+    out = Path(out)
+    try:
+        with atomic_output(out.resolve(), force, SerialComm()) as tmp:
+            folders = write_picks(result, tmp)
+            plot_frontier(result, tmp / FRONTIER_PNG)
+    except OSError as exc:
+        raise OutputError(_unwritable(out, exc)) from exc
+    return {p: out / f.relative_to(tmp) for p, f in folders.items()}, out / FRONTIER_PNG
+
+
+def _unwritable(out: Path, exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{out}: out of disk space while writing the plan; nothing was written: free space or choose "
+                "another --out")
+    where = f": {exc.filename}" if exc.filename else ""
+    return (f"{out}: cannot write the plan here ({exc.strerror or exc}{where}); nothing was written: choose a "
+            "writable --out")

@@ -110,3 +110,53 @@ def test_module_entry_point_runs_estimate():
                           "gb200", "--tp", "1", "--batch", "64", "--isl", "1024", "--osl", "1024", "--json"],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     assert ESTIMATE_KEYS <= set(json.loads(out.stdout))
+
+
+# ---- --out is written whole or not at all ------------------------------------------------------------
+
+PLAN = ("plan", "--model", "gpt-oss-20b", "--gpu", "h100", "--gpus", "8", "--isl", "1024", "--osl", "1024")
+
+
+def plan_cli(*args: str, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """The real console script; `limit_bytes` caps any file it writes (RLIMIT_FSIZE: a full disk)."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "trtkit.cli", *PLAN, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, preexec_fn=cap if limit_bytes else None)
+
+
+def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("trtkit: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for needle in needles:
+        assert needle in r.stderr, (needle, r.stderr)
+
+
+def test_plan_out_full_disk_leaves_nothing(tmp_path):
+    out = tmp_path / "plan"
+    r = plan_cli("--out", str(out), limit_bytes=20_000)  # recipes fit, frontier.png (~80 kB) does not
+    one_line_error(r, str(out), "nothing was written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no OUT, no .plan.partial
+
+
+def test_plan_out_existing_needs_force_and_is_replaced_whole(tmp_path):
+    out = tmp_path / "plan"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older plan")
+    one_line_error(plan_cli("--out", str(out)), "exists and is not empty; pass --force")
+    assert sorted(p.name for p in out.iterdir()) == ["stale.txt"]
+    r = plan_cli("--out", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["balanced", "frontier.png", "latency", "throughput"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan"]
+
+
+def test_plan_out_unusable_locations(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(plan_cli("--out", str(afile)), "exists and is not a directory")
+    one_line_error(plan_cli("--out", str(afile / "sub")), "cannot write the plan here")
+    one_line_error(plan_cli("--out", "/proc/self/x"), "/proc/self/x: cannot write the plan here")

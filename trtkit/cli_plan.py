@@ -38,12 +38,13 @@ def _workload_options(f):
               help="Serve only this checkpoint: nvfp4 (trtkit's; on Hopper through the trtkit::moe plugin) or "
                    "mxfp4 (the release). Default: whichever deploys best.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("trtkit-plan"), show_default=True,
-              help="Folder for frontier.png and the latency/balanced/throughput recipes.")
+              help="Folder for frontier.png and the latency/balanced/throughput recipes (written whole or not at all).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.pass_context
 def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: int | None, isl: int | None,
          osl: int | None, max_ttft_ms: float | None, max_tpot_ms: float | None, min_tps_user: float | None,
-         target_users: int | None, checkpoint: str | None, out: Path, as_json: bool) -> None:
+         target_users: int | None, checkpoint: str | None, out: Path, force: bool, as_json: bool) -> None:
     """Search every tensor/expert-parallel deployment of MODEL on GPUs; print the Pareto frontier of
     tokens/s/GPU vs tokens/s/user and write the recipes of the latency, balanced and throughput picks."""
     if ctx.invoked_subcommand is not None:
@@ -55,8 +56,7 @@ def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: 
     from recipes.hardware import gpu
     from recipes.memory import Workload
     from recipes.model import resolve_model
-    from recipes.plot import plot_frontier
-    from recipes.render import write_picks
+    from recipes.render import write_plan
     from recipes.report import frontier_table, result_dict, summary
     from recipes.search import PlanRequest, Sla, search
 
@@ -64,9 +64,7 @@ def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: 
                       sla=Sla(max_ttft_ms, max_tpot_ms, min_tps_user), target_users=target_users,
                       checkpoint=Checkpoint(checkpoint) if checkpoint else None)
     result = search(req)
-    out.mkdir(parents=True, exist_ok=True)
-    folders = write_picks(result, out)
-    png = plot_frontier(result, out / "frontier.png")
+    folders, png = write_plan(result, out, force)
     if as_json:
         doc = {**result_dict(result), "recipes": {p.value: str(f) for p, f in folders.items()},
                "frontier_png": str(png)}
