@@ -15,3 +15,9 @@ class LayoutError(PlanError):
 
 class RecipeError(PlanError):
     """A rendered recipe that breaks a rule when it is loaded back."""
+
+
+class PlanUsageError(PlanError):
+    """Options that cannot apply as given (exit code 2, as click's usage errors)."""
+
+    exit_code = 2

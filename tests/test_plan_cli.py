@@ -160,3 +160,15 @@ def test_plan_out_unusable_locations(tmp_path):
     one_line_error(plan_cli("--out", str(afile)), "exists and is not a directory")
     one_line_error(plan_cli("--out", str(afile / "sub")), "cannot write the plan here")
     one_line_error(plan_cli("--out", "/proc/self/x"), "/proc/self/x: cannot write the plan here")
+
+
+def test_search_options_before_estimate_are_refused_not_dropped():
+    est = ["estimate", "--model", "gpt-oss-20b", "--gpu", "h100", "--tp", "1", "--batch", "8", "--isl", "1024",
+           "--osl", "1024"]
+    res = CliRunner().invoke(main, ["plan", "--gpus", "8", *est])
+    assert res.exit_code == 2
+    assert res.output == ("trtkit: error: `trtkit plan estimate` never sees the search options given before it "
+                          "(--gpus): drop --gpus (`plan estimate` has no such option)\n")
+    res = CliRunner().invoke(main, ["plan", "--model", "gpt-oss-120b", *est])
+    assert res.exit_code == 2 and "(--model): put --model after `estimate`" in res.output
+    assert run("plan", *est).exit_code == 0

@@ -48,6 +48,7 @@ def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: 
     """Search every tensor/expert-parallel deployment of MODEL on GPUs; print the Pareto frontier of
     tokens/s/GPU vs tokens/s/user and write the recipes of the latency, balanced and throughput picks."""
     if ctx.invoked_subcommand is not None:
+        _refuse_search_options(ctx)
         return
     missing = [flag for flag, v in (("--model", model_name), ("--gpu", gpu_key), ("--isl", isl), ("--osl", osl))
                if v is None]
@@ -73,6 +74,26 @@ def plan(ctx: click.Context, model_name: str | None, gpu_key: str | None, gpus: 
     click.echo(summary(result))
     click.echo(frontier_table(result))
     click.echo(f"wrote {png} and recipes {', '.join(str(f) for f in folders.values())}")
+
+
+def _refuse_search_options(ctx: click.Context) -> None:
+    """`trtkit plan --gpus 8 estimate ...`: the search's options never reach a subcommand; refuse them
+    rather than drop them silently."""
+    sub = ctx.command.get_command(ctx, ctx.invoked_subcommand)
+    given = [p for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) not in (None, click.core.ParameterSource.DEFAULT)]
+    if not given:
+        return
+    own = {o for p in sub.params for o in p.opts}
+    move = [p.opts[0] for p in given if p.opts[0] in own]
+    drop = [p.opts[0] for p in given if p.opts[0] not in own]
+    fixes = ([f"put {', '.join(move)} after `{sub.name}`"] if move else []) + \
+            ([f"drop {', '.join(drop)} (`plan {sub.name}` has no such option{'s' if len(drop) > 1 else ''})"]
+             if drop else [])
+    from recipes.errors import PlanUsageError
+
+    raise PlanUsageError(f"`trtkit plan {sub.name}` never sees the search options given before it "
+                         f"({', '.join(p.opts[0] for p in given)}): {'; '.join(fixes)}")
 
 
 @plan.command("estimate")
