@@ -17,11 +17,13 @@ checkpoint with weight-only NVFP4 experts on trtkit::moe (one checkpoint for a m
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from builder.errors import TrtkitError
 from builder.manifest import MANIFEST_NAME as CKPT_MANIFEST
@@ -31,6 +33,8 @@ from builder.safetensors_io import sha256_file
 BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "trtkit.bundle/1"
 TRTLLM_TARGET = "1.2"  # the TensorRT-LLM release line whose option keys the recipes use
+VERIFICATION_REPORT = "verification.json"
+WEIGHT_SUFFIXES = (".safetensors",)  # launch checks these by size (hashing them is `bundle check`'s job)
 DEPENDENCIES = ("torch", "safetensors", "transformers", "nvidia-modelopt", "tensorrt_llm", "triton")
 
 
@@ -64,31 +68,110 @@ def dependency_versions() -> dict[str, str | None]:
 
 def bundle_files(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under `folder` except the bundle manifest."""
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+    return {name: sha256_file(p) for name, p in _on_disk(folder).items()}
+
+
+def bundle_sizes(folder: Path) -> dict[str, int]:
+    """{relative path: bytes}: lets `trtkit launch` check the weights without hashing them."""
+    return {name: p.stat().st_size for name, p in _on_disk(folder).items()}
+
+
+def _on_disk(folder: Path) -> dict[str, Path]:
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
             if p.is_file() and p.relative_to(folder).as_posix() != BUNDLE_MANIFEST}
 
 
-def check_bundle(folder: Path) -> list[str]:
-    """Every problem with a bundle (empty when intact): missing, changed or unlisted files."""
+def is_weight(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES)
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _shape(doc: Any) -> str | None:
+    if not isinstance(doc, dict):
+        return f"a bundle manifest is a JSON object, this is {type(doc).__name__}"
+    if doc.get("format") != BUNDLE_FORMAT:
+        return f"format {doc.get('format')!r} is not {BUNDLE_FORMAT!r} (a bundle of another trtkit, or not a bundle)"
+    return None
+
+
+def _files(doc: dict) -> str | None:
+    files = doc.get("files")
+    if not isinstance(files, dict) or not files:
+        return f'"files" must map each file to its sha256, got {type(files).__name__}'
+    bad = next((k for k, v in files.items() if not isinstance(v, str) or not SHA256.fullmatch(v)), None)
+    return f'"files"[{bad!r}] is not a sha256 (64 hex digits)' if bad is not None else None
+
+
+def _sizes(doc: dict) -> str | None:
+    sizes = doc.get("sizes", {})  # absent in bundles built before sizes were recorded
+    if not isinstance(sizes, dict) or any(type(v) is not int or v < 0 for v in sizes.values()):
+        return '"sizes" must map files to their byte counts'
+    return None
+
+
+def _verification(doc: dict) -> str | None:
+    if not isinstance(doc.get("verification"), dict) or not isinstance(doc["verification"].get("passed"), bool):
+        return '"verification" must be {"passed": true|false, "report": ...}'
+    return None
+
+
+MANIFEST_RULES: tuple[Callable[[Any], str | None], ...] = (_shape, _files, _sizes, _verification)
+
+
+def read_manifest(folder: Path) -> dict:
+    """The bundle's manifest.json, checked to be ours and well formed; BundleError (one line) otherwise."""
     path = Path(folder) / BUNDLE_MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: not found; {folder} is not a trtkit bundle (build one with trtkit build)")
     try:
-        listed = json.loads(path.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BundleError(f"{path}: unreadable manifest ({exc!r}); rebuild the bundle") from exc
-    actual = bundle_files(Path(folder))
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc}); rebuild the bundle with trtkit build") from exc
+    for rule in MANIFEST_RULES:
+        if why := rule(doc):
+            raise BundleError(f"{path}: {why}; rebuild the bundle with trtkit build")
+    return doc
+
+
+def check_bundle(folder: Path, verify_weights: bool = True) -> list[str]:
+    """Every problem with a bundle (empty when intact): failed verification, missing, changed or unlisted
+    files. verify_weights=False (trtkit launch) compares the weight shards' sizes instead of hashing them:
+    hashing tens of GB takes minutes on every launch. Raises BundleError when the manifest is not ours."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    listed, sizes = manifest["files"], manifest.get("sizes", {})
+    actual = _on_disk(folder)
     problems = [f"{name}: missing" for name in sorted(set(listed) - set(actual))]
-    problems += [f"{name}: sha256 differs from the manifest" for name in sorted(listed)
-                 if name in actual and actual[name] != listed[name]]
+    for name in sorted(set(listed) & set(actual)):
+        if verify_weights or not is_weight(name):
+            if sha256_file(actual[name]) != listed[name]:
+                problems.append(f"{name}: sha256 differs from the manifest")
+        elif name in sizes and actual[name].stat().st_size != sizes[name]:
+            problems.append(f"{name}: {actual[name].stat().st_size} bytes, the manifest says {sizes[name]}")
     problems += [f"{name}: not listed in the manifest" for name in sorted(set(actual) - set(listed))]
-    return problems
+    return _failed_verification(folder, manifest) + problems
+
+
+def _failed_verification(folder: Path, manifest: dict) -> list[str]:
+    if not manifest["verification"]["passed"]:
+        return [f"{BUNDLE_MANIFEST}: verification.passed is false: the checkpoint does not reproduce its "
+                "source; do not serve it, rebuild the bundle"]
+    try:
+        report = json.loads((folder / VERIFICATION_REPORT).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return [f"{VERIFICATION_REPORT}: unreadable; rebuild the bundle"]
+    if not isinstance(report, dict) or report.get("passed") is not True:
+        return [f"{VERIFICATION_REPORT}: does not say passed; do not serve this bundle, rebuild it"]
+    return []
 
 
 def write_verification(out: Path, exact: dict, w4a4: dict, policy: VerifyPolicy) -> bool:
     passed = exact["passed"] and w4a4["passed"]
     report = {"passed": passed, "policy": policy.__dict__, "weights_only": exact, "w4a4_emulated": w4a4}
-    (out / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / VERIFICATION_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Verification", "",
         f"Result: **{'PASSED' if passed else 'FAILED'}**", "",
@@ -128,6 +211,7 @@ def write_manifest(out: Path, *, src: Path, source_checksum: str, include_source
                    "copied_to": "source/" if include_source else None},
         **extra,
         "files": bundle_files(out),
+        "sizes": bundle_sizes(out),
     }
     (out / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

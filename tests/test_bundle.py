@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -102,3 +103,54 @@ def test_cli_build_include_source(tiny_mxfp4, tmp_path):
     assert (tmp_path / "e" / "source" / "config.json").is_file()
     bad = cli("build", "--gpus", "a100", str(tiny_mxfp4), str(tmp_path / "f"))
     assert bad.returncode == 2 and "choose from h100, h200, b200, gb200" in bad.stderr
+
+
+def edited_manifest(bundle: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    edit(doc)
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    return copy
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(files=sorted(d["files"])), '"files" must map each file to its sha256, got list'),
+    (lambda d: d.update(format="other/9"), "format 'other/9' is not 'trtkit.bundle/1'"),
+    (lambda d: d.update(files={**d["files"], "README.md": "x"}), "\"files\"['README.md'] is not a sha256"),
+    (lambda d: d.pop("verification"), '"verification" must be {"passed": true|false'),
+])
+def test_bundle_check_refuses_a_manifest_that_is_not_ours(bundle, tmp_path, edit, needle):
+    copy = edited_manifest(bundle, tmp_path, edit)
+    r = cli("bundle", "check", str(copy))
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith(f"trtkit: error: {copy / 'manifest.json'}: ") and needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    j = cli("bundle", "check", "--json", str(copy))
+    doc = json.loads(j.stdout)
+    assert j.returncode == 1 and doc["ok"] is False and needle in doc["problems"][0]
+
+
+def test_bundle_check_fails_a_failed_verification(bundle, tmp_path):
+    copy = edited_manifest(bundle, tmp_path, lambda d: d["verification"].update(passed=False))
+    r = cli("bundle", "check", str(copy))
+    assert r.returncode == 1 and "every file matches" not in r.stdout
+    assert "verification.passed is false" in r.stderr
+    report = json.loads((bundle / "verification.json").read_text())
+    report["passed"] = False  # a report that failed, listed with its own hash: still refused
+    (copy / "verification.json").write_text(json.dumps(report))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["verification.json"] = hashlib.sha256((copy / "verification.json").read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    r = cli("bundle", "check", str(copy))
+    assert r.returncode == 1 and r.stderr.strip() == f"{copy}: verification.json: does not say passed; do not " \
+                                                     "serve this bundle, rebuild it"
+
+
+def test_bundle_check_json(bundle):
+    r = cli("bundle", "check", "--json", str(bundle))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert json.loads(r.stdout) == {"bundle": str(bundle), "ok": True, "files": len(manifest["files"]),
+                                    "problems": []}
+    assert manifest["sizes"] == {k: (bundle / k).stat().st_size for k in manifest["files"]}

@@ -63,16 +63,29 @@ def bundle() -> None:
 
 @bundle.command("check")
 @click.argument("folder", type=click.Path(path_type=Path))
-def bundle_check(folder: Path) -> None:
-    """Re-verify every checksum of a bundle (exit 1 on any difference)."""
-    from deploy.bundle import check_bundle
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"bundle", "ok", "files", "problems"} on stdout (exit 1 unless ok).')
+def bundle_check(folder: Path, as_json: bool) -> None:
+    """Re-verify a bundle: its manifest, its verification result and every file's sha256 (exit 1 on any
+    problem)."""
+    from deploy.bundle import BundleError, check_bundle, read_manifest
 
-    problems = check_bundle(folder)
-    if problems:
+    try:
+        files = len(read_manifest(folder)["files"])
+        problems = check_bundle(folder)
+    except BundleError as exc:
+        if not as_json:
+            raise
+        files, problems = None, [str(exc)]
+    if as_json:
+        click.echo(json.dumps({"bundle": str(folder), "ok": not problems, "files": files, "problems": problems}))
+    else:
         for p in problems:
             click.echo(f"{folder}: {p}", err=True)
+    if problems:
         sys.exit(1)
-    click.echo(f"{folder}: every file matches manifest.json")
+    if not as_json:
+        click.echo(f"{folder}: every file matches manifest.json ({files} files, verification passed)")
 
 
 @click.command("launch")
