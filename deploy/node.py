@@ -6,8 +6,11 @@ driver and CUDA versions, and the multi-node environment (IMEX channels, /dev/sh
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,28 +132,125 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# ---- inventory YAML: every field, its type and range, in one table --------------------------------------
+
+Parse = Callable[[Any], Any]  # the field's value, or ValueError saying what is wrong and what to write
+
+
+def _string(v: Any) -> str:
+    if isinstance(v, str) and v.strip():
+        return v
+    raise ValueError(f"{v!r} must be non-empty text")
+
+
+def _version(v: Any) -> str:
+    """"570.124.06", or a number YAML read from an unquoted 12.8."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    return _string(v)
+
+
+def _capability(v: Any) -> str:
+    """MAJOR.MINOR; an unquoted 9.0 (a YAML float) or 10 means "9.0" / "10.0"."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f'{v!r} must be MAJOR.MINOR, like "9.0"')
+    text = f"{v}.0" if isinstance(v, int) else str(v)
+    if not re.fullmatch(r"\d{1,2}\.\d", text):
+        raise ValueError(f'{v!r} must be MAJOR.MINOR, like "9.0"')
+    return text
+
+
+def _number(v: Any, minimum: float, strict: bool, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{v!r} must be a number of {what}")
+    if v < minimum or (strict and v == minimum):
+        raise ValueError(f"{v!r} must be {'>' if strict else '>='} {minimum:g} {what}")
+    return float(v)
+
+
+def _integer(v: Any, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{v!r} must be a whole number >= {minimum}")
+    return v
+
+
+def _flag(v: Any) -> bool:
+    """YAML's own true/false (yes/no unquoted) only: the text "no" would otherwise read as true."""
+    if not isinstance(v, bool):
+        raise ValueError(f"{v!r} must be true or false (unquoted)")
+    return v
+
+
+GPU_FIELDS: dict[str, tuple[Parse, bool]] = {  # field: (parse, required)
+    "name": (_string, True),
+    "memory_gb": (lambda v: _number(v, 0, True, "GB"), True),
+    "compute_capability": (_capability, True),
+    "mig": (_flag, False),
+    "nvlink_links": (lambda v: _integer(v, 0), False),
+}
+ENV_FIELDS: dict[str, tuple[Parse, bool]] = {
+    "imex_channels": (lambda v: _integer(v, 0), False),
+    "shm_gb": (lambda v: _number(v, 0, False, "GB"), False),
+    "gdrcopy": (_flag, False),
+}
+NODE_FIELDS: dict[str, tuple[Parse, bool]] = {
+    "hostname": (_string, False),
+    "driver_version": (_version, True),
+    "cuda_version": (_version, True),
+    "gpus": (lambda v: v, False),   # a list of GPU_FIELDS mappings, or
+    "gpu": (lambda v: v, False),    # one GPU_FIELDS mapping ...
+    "count": (lambda v: _integer(v, 1), False),  # ... and how many
+    "env": (lambda v: v, False),    # ENV_FIELDS
+}
+
+
+def _fields(path: Path, where: str, data: Any, table: dict[str, tuple[Parse, bool]]) -> dict[str, Any]:
+    """`data` checked against `table`: a mapping with known keys, required ones present, each parsed."""
+    if not isinstance(data, dict):
+        raise NodeError(f"{path}: {where or 'the inventory'} must be a mapping of {', '.join(table)}")
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in data if k not in table]
+    if unknown:
+        raise NodeError(f"{path}: {prefix}{unknown[0]}: unknown field; the fields are {', '.join(table)}")
+    missing = [k for k, (_, required) in table.items() if required and k not in data]
+    if missing:
+        raise NodeError(f"{path}: {prefix}{missing[0]}: missing (see deploy/node.py for the fields)")
+    out = {}
+    for key, value in data.items():
+        try:
+            out[key] = table[key][0](value)
+        except ValueError as exc:
+            raise NodeError(f"{path}: {prefix}{key}: {exc}") from None
+    return out
+
+
+def _inventory_gpus(path: Path, data: dict) -> tuple[Gpu, ...]:
+    if ("gpus" in data) == ("gpu" in data) or ("count" in data) != ("gpu" in data):
+        raise NodeError(f"{path}: give either gpus: [{{name, memory_gb, compute_capability, ...}}, ...] or "
+                        "gpu: {...} with count: N")
+    if "gpu" in data:
+        return (Gpu(**_fields(path, "gpu", data["gpu"], GPU_FIELDS)),) * data["count"]
+    if not isinstance(data["gpus"], list) or not data["gpus"]:
+        raise NodeError(f"{path}: gpus: must be a non-empty list of GPUs")
+    return tuple(Gpu(**_fields(path, f"gpus[{i}]", g, GPU_FIELDS)) for i, g in enumerate(data["gpus"]))
+
+
 def from_inventory(path: Path) -> Node:
-    """A node from YAML: `gpus: [..]` or `gpu: {..}` + `count: N`, versions, optional `env`."""
+    """A node from YAML: `gpus: [..]` or `gpu: {..}` + `count: N`, versions, optional `env`; every field
+    checked against the tables above (NodeError naming the file and field)."""
+    from recipes.validate import yaml_error
+
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise NodeError(f"{path}: cannot read the inventory ({exc})") from exc
-    if not isinstance(data, dict):
-        raise NodeError(f"{path}: an inventory is a YAML mapping (hostname, gpus or gpu + count, "
-                        "driver_version, cuda_version, env)")
-    try:
-        if "gpus" in data:
-            gpus = tuple(Gpu(**g) for g in data["gpus"])
-        else:
-            gpus = (Gpu(**data["gpu"]),) * int(data["count"])
-        env = NodeEnv(**(data.get("env") or {}))
-        node = Node(str(data.get("hostname", "inventory")), gpus, str(data["driver_version"]),
-                    str(data["cuda_version"]), env, f"inventory {path}")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise NodeError(f"{path}: malformed inventory ({exc!r}); see deploy/node.py for the fields") from exc
-    if not gpus:
-        raise NodeError(f"{path}: the inventory lists no GPUs")
-    return node
+    except yaml.YAMLError as exc:
+        raise NodeError(yaml_error(path, exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NodeError(f"{path}: cannot read the inventory ({exc}); pass an existing YAML file") from None
+    top = _fields(path, "", data, NODE_FIELDS)
+    gpus = _inventory_gpus(path, top)
+    env = NodeEnv(**_fields(path, "env", top.get("env") or {}, ENV_FIELDS))
+    return Node(str(top.get("hostname", "inventory")), gpus, top["driver_version"], top["cuda_version"], env,
+                f"inventory {path}")
 
 
 def read_node(inventory: Path | None) -> Node:

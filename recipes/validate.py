@@ -30,6 +30,15 @@ NESTED_KEYS = {
 }
 
 
+def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: the file, line and column, and what the parser expected."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"{path}: {where}invalid YAML ({what}{f' {context}' if context else ''}); fix the file's syntax"
+
+
 def _fail(folder: Path, name: str, why: str) -> RecipeError:
     return RecipeError(f"{folder / name}: {why}")
 
