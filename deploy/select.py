@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from builder.errors import TrtkitError
 from deploy.node import Node
 from recipes.hardware import gpus as gpu_catalog
+from recipes.validate import check_options, check_recipe_doc, read_yaml
 
 PROFILE_ORDER = ("balanced", "throughput", "latency")
 MEMORY_SLACK = 0.97  # a node GPU may report slightly less than the catalog's usable figure
 MIN_SHM_GB = 16.0    # TensorRT-LLM multi-GPU runs move tensors through /dev/shm
+RECIPE_FILE = "recipe.yaml"
 
 
 class NoFit(TrtkitError):
@@ -36,14 +36,13 @@ class RecipeRef:
 
     @classmethod
     def load(cls, folder: Path) -> RecipeRef:
+        """recipe.yaml and its options file, each read and checked by recipes.validate (RecipeError naming
+        the file and field): every field launch reads below is then present and of the right kind."""
         folder = Path(folder)
-        path = folder / "recipe.yaml" if folder.is_dir() else folder
-        try:
-            doc = yaml.safe_load(path.read_text())
-            options = yaml.safe_load((path.parent / doc["tensorrt_llm"]["options_file"]).read_text())
-        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-            raise TrtkitError(f"{path}: not a readable trtkit recipe ({exc!r}); regenerate it with "
-                              "trtkit plan or trtkit build") from exc
+        path = folder / RECIPE_FILE if folder.is_dir() else folder
+        doc = check_recipe_doc(path, read_yaml(path))
+        options = read_yaml(path.parent / doc["tensorrt_llm"]["options_file"])
+        check_options(path.parent, options, doc)
         return cls(path.parent, doc, options)
 
     @property
@@ -163,9 +162,16 @@ def warnings(r: RecipeRef, node: Node) -> list[str]:
 def find_recipes(root: Path) -> list[RecipeRef]:
     """Every recipe under a bundle (recipes/<gpu>/<profile>/) or a recipe folder itself."""
     root = Path(root)
-    if (root / "recipe.yaml").is_file():
+    if not root.exists():
+        raise TrtkitError(f"{root}: no such file or folder; pass a bundle made by trtkit build or a recipe folder")
+    if root.is_file():
+        if root.name != RECIPE_FILE:
+            raise TrtkitError(f"{root}: a file; pass a bundle folder or a recipe folder (the one holding "
+                              f"{RECIPE_FILE})")
+        root = root.parent  # the recipe.yaml itself: its folder
+    if (root / RECIPE_FILE).is_file():
         return [RecipeRef.load(root)]
-    found = sorted((root / "recipes").glob("*/*/recipe.yaml")) if (root / "recipes").is_dir() else []
+    found = sorted((root / "recipes").glob(f"*/*/{RECIPE_FILE}")) if (root / "recipes").is_dir() else []
     if not found:
         raise TrtkitError(f"{root}: no recipe.yaml here or under recipes/<gpu>/<profile>/; pass a bundle "
                           "made by trtkit build or a recipe folder")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,11 @@ import yaml
 from builder.spec import ModelSpec
 from plugins import trtllm
 from recipes.errors import LayoutError, RecipeError
-from recipes.hardware import Arch, gpu
+from recipes.hardware import Arch, gpu, gpus
 from recipes.layout import Layout, check_layout
-from recipes.precision import KvDtype, MoeBackend, QuantAlgo
+from recipes.precision import Checkpoint, KvDtype, MoeBackend, QuantAlgo
 from recipes.recipe import FILES, OPTIONS_FILE, RECIPE_FORMAT, TRTLLM_VERSION
+from recipes.search import Profile
 
 # LLM-API keys a recipe may write (TensorRT-LLM llm_args; unknown keys are errors in recent releases)
 NATIVE_KEYS = {
@@ -39,6 +42,104 @@ def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     return f"{path}: {where}invalid YAML ({what}{f' {context}' if context else ''}); fix the file's syntax"
 
 
+REGENERATE = "regenerate it with trtkit plan or trtkit build"
+
+# ---- the fields of recipe.yaml that launch and validation read: dotted path -> (rule, required) ----------
+Rule = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
+
+
+def _mapping(v: Any) -> str | None:
+    return None if isinstance(v, dict) else f"{v!r} must be a mapping"
+
+
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) and v.strip() else f"{v!r} must be non-empty text"
+
+
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"{v!r} must be true or false"
+
+
+def _whole(minimum: int) -> Rule:
+    return lambda v: (None if isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                      else f"{v!r} must be a whole number >= {minimum}")
+
+
+def _equals(expected: str, why: str) -> Rule:
+    return lambda v: None if v == expected else f"{v!r} must be {expected!r} ({why})"
+
+
+def _one_of(values: Callable[[], list[str]]) -> Rule:
+    return lambda v: None if v in values() else f"{v!r} must be one of {', '.join(values())}"
+
+
+def _values(enum) -> Callable[[], list[str]]:
+    return lambda: [e.value for e in enum]
+
+
+RECIPE_FIELDS: dict[str, tuple[Rule, bool]] = {
+    "format": (_equals(RECIPE_FORMAT, "a recipe of another trtkit release"), True),
+    "profile": (_one_of(_values(Profile)), True),
+    "model": (_mapping, True),
+    "model.checkpoint": (_one_of(_values(Checkpoint)), True),
+    "model.checkpoint_path": (_text, True),
+    "model.served_name": (_text, True),
+    "model.config": (_mapping, True),
+    "gpu": (_mapping, True),
+    "gpu.key": (_one_of(lambda: list(gpus())), True),
+    "gpu.name": (_text, True),
+    "gpu.arch": (_one_of(_values(Arch)), True),
+    **{f"gpu.{k}": (_whole(1), True) for k in ("per_instance", "nodes_per_instance", "gpus_per_node",
+                                                "replicas", "count")},
+    "workload": (_mapping, True),
+    "workload.isl": (_whole(1), True),
+    "workload.osl": (_whole(1), True),
+    "layout": (_mapping, True),
+    **{f"layout.{k}": (_whole(1), True) for k in ("tensor_parallel_size", "moe_expert_parallel_size",
+                                                   "moe_tensor_parallel_size")},
+    "layout.enable_attention_dp": (_flag, True),
+    "layout.moe_backend": (_one_of(_values(MoeBackend)), True),
+    "layout.quant_algo": (_one_of(_values(QuantAlgo)), True),
+    "tensorrt_llm": (_mapping, True),
+    "tensorrt_llm.version": (_equals(TRTLLM_VERSION, "the TensorRT-LLM release these options target"), True),
+    "tensorrt_llm.options_file": (_equals(OPTIONS_FILE, "the options file beside recipe.yaml"), True),
+    "launch": (_mapping, False),
+    "plugin": (_mapping, False),
+}
+_ABSENT = object()
+
+
+def _get(doc: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return _ABSENT
+        doc = doc[part]
+    return doc
+
+
+def check_recipe_doc(path: Path, doc: Any) -> dict:
+    """recipe.yaml's fields against RECIPE_FIELDS (parents are listed before their children)."""
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping (format, profile, model, gpu, layout, ...); "
+                          f"{REGENERATE}")
+    for dotted, (rule, required) in RECIPE_FIELDS.items():
+        value = _get(doc, dotted)
+        why = ("missing" if required else None) if value is _ABSENT else rule(value)
+        if why:
+            raise RecipeError(f"{path}: {dotted}: {why}; {REGENERATE}")
+    return doc
+
+
+def read_yaml(path: Path) -> Any:
+    """One YAML document through safe_load; RecipeError naming the file on any failure."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(yaml_error(path, exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); {REGENERATE}") from None
+
+
 def _fail(folder: Path, name: str, why: str) -> RecipeError:
     return RecipeError(f"{folder / name}: {why}")
 
@@ -49,14 +150,45 @@ def load(folder: Path, name: str) -> Any:
     return docs[0] if len(docs) == 1 else docs
 
 
-def check_options(folder: Path, opts: dict, doc: dict) -> None:
+def _fraction(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1
+    return None if ok else f"{v!r} must be a number in (0, 1]"
+
+
+# options every recipe writes, and the nested values the checks below read
+REQUIRED_OPTIONS = ("tensor_parallel_size", "moe_expert_parallel_size", "moe_tensor_parallel_size",
+                    "enable_attention_dp", "max_batch_size", "max_num_tokens", "max_seq_len", "cuda_graph_config",
+                    "kv_cache_config")
+ZERO_OK = ("num_postprocess_workers",)  # every other integer option is >= 1
+NESTED_RULES: dict[str, tuple[Rule, bool]] = {
+    "cuda_graph_config.max_batch_size": (_whole(1), True),
+    "cuda_graph_config.enable_padding": (_flag, False),
+    "kv_cache_config.dtype": (_one_of(_values(KvDtype)), True),
+    "kv_cache_config.free_gpu_memory_fraction": (_fraction, False),
+    "moe_config.backend": (_text, False),
+}
+
+
+def check_options(folder: Path, opts: Any, doc: dict) -> None:
+    if not isinstance(opts, dict):
+        raise _fail(folder, OPTIONS_FILE, f"must be a YAML mapping of LLM-API options; {REGENERATE}")
+    missing = [k for k in REQUIRED_OPTIONS if k not in opts]
+    if missing:
+        raise _fail(folder, OPTIONS_FILE, f"{missing[0]}: missing; {REGENERATE}")
     for key, val in opts.items():
         if key not in NATIVE_KEYS:
             raise _fail(folder, OPTIONS_FILE, f"key {key!r} is not a TensorRT-LLM LLM-API option we target")
         if not isinstance(val, NATIVE_KEYS[key]) or (NATIVE_KEYS[key] is int and isinstance(val, bool)):
             raise _fail(folder, OPTIONS_FILE, f"{key}={val!r} must be {NATIVE_KEYS[key].__name__}")
+        if NATIVE_KEYS[key] is int and val < (0 if key in ZERO_OK else 1):
+            raise _fail(folder, OPTIONS_FILE, f"{key}={val!r} must be >= {0 if key in ZERO_OK else 1}")
         if key in NESTED_KEYS and set(val) - NESTED_KEYS[key]:
             raise _fail(folder, OPTIONS_FILE, f"{key} has unknown keys {sorted(set(val) - NESTED_KEYS[key])}")
+    for dotted, (rule, required) in NESTED_RULES.items():
+        value = _get(opts, dotted)
+        why = ("missing" if required else None) if value is _ABSENT else rule(value)
+        if why:
+            raise _fail(folder, OPTIONS_FILE, f"{dotted}: {why}")
     tp, ep, mtp = opts["tensor_parallel_size"], opts["moe_expert_parallel_size"], opts["moe_tensor_parallel_size"]
     if ep * mtp != tp:
         raise _fail(folder, OPTIONS_FILE, f"moe_expert_parallel_size {ep} x moe_tensor_parallel_size {mtp} "
@@ -138,12 +270,9 @@ def validate_folder(folder: Path) -> dict:
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise RecipeError(f"{folder}: missing {missing}")
-    doc = load(folder, "recipe.yaml")
-    if doc.get("format") != RECIPE_FORMAT or doc["tensorrt_llm"]["version"] != TRTLLM_VERSION:
-        raise _fail(folder, "recipe.yaml", f"format {doc.get('format')!r} / TensorRT-LLM "
-                    f"{doc['tensorrt_llm']['version']!r}, expected {RECIPE_FORMAT} / {TRTLLM_VERSION}")
+    doc = check_recipe_doc(folder / "recipe.yaml", read_yaml(folder / "recipe.yaml"))
     options_text = (folder / OPTIONS_FILE).read_text()
-    opts = yaml.safe_load(options_text)
+    opts = read_yaml(folder / OPTIONS_FILE)
     check_options(folder, opts, doc)
     check_layout_rules(folder, opts, doc)
     check_manifests(folder, opts, doc, options_text)

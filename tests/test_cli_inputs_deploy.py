@@ -3,11 +3,16 @@ no traceback. Driven through the real CLI (click's runner) on real files."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from recipes.errors import RecipeError
+from recipes.validate import validate_folder
 from trtkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +92,65 @@ def test_inventory_yaml_errors_are_one_line(tmp_path, text, needle):
     inv = tmp_path / "inv.yaml"
     inv.write_text(text)
     one_line_error(launch_dry(inv), 2, f"{inv}: {needle}")
+
+
+# ---- recipe.yaml and llm_options.yaml --------------------------------------------------------------------
+
+def edited_recipe(tmp_path: Path, edit, name: str = "recipe.yaml") -> Path:
+    folder = tmp_path / "recipe"
+    shutil.copytree(CATALOG_RECIPE, folder)
+    doc = yaml.safe_load((folder / name).read_text())
+    edit(doc)
+    (folder / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder
+
+
+def launch_recipe(target: Path):
+    return trtkit("launch", str(target), "--dry-run", "--inventory", str(INV / "h100x8.yaml"))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.pop("gpu"), "gpu: missing"),
+    (lambda d: d.pop("layout"), "layout: missing"),
+    (lambda d: d.update(model=None), "model: None must be a mapping"),
+    (lambda d: d["gpu"].update(key="a100"), "gpu.key: 'a100' must be one of h100, h200, b200, gb200"),
+    (lambda d: d["layout"].update(tensor_parallel_size="eight"),
+     "layout.tensor_parallel_size: 'eight' must be a whole number >= 1"),
+    (lambda d: d["layout"].update(quant_algo="FOO"), "layout.quant_algo: 'FOO' must be one of W4A16_MXFP4"),
+    (lambda d: d["model"].update(checkpoint="int8"), "model.checkpoint: 'int8' must be one of nvfp4, mxfp4"),
+    (lambda d: d.update(format="trtkit.recipe/99"), "format: 'trtkit.recipe/99' must be 'trtkit.recipe/1'"),
+    (lambda d: d["tensorrt_llm"].update(options_file="../x.yaml"), "tensorrt_llm.options_file: '../x.yaml' must be"),
+])
+def test_recipe_yaml_fields_are_checked(tmp_path, edit, needle):
+    folder = edited_recipe(tmp_path, edit)
+    one_line_error(launch_recipe(folder), 1, f"{folder / 'recipe.yaml'}: {needle}", "regenerate it")
+    with pytest.raises(RecipeError, match=re.escape(needle)):  # the same rules as the renderer's own check
+        validate_folder(folder)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(tensor_parallel_size="eight"), "tensor_parallel_size='eight' must be int"),
+    (lambda d: d.pop("kv_cache_config"), "kv_cache_config: missing"),
+    (lambda d: d["kv_cache_config"].update(dtype="int3"), "kv_cache_config.dtype: 'int3' must be one of fp8, auto"),
+    (lambda d: d.update(max_batch_size=0), "max_batch_size=0 must be >= 1"),
+])
+def test_llm_options_fields_are_checked(tmp_path, edit, needle):
+    folder = edited_recipe(tmp_path, edit, "llm_options.yaml")
+    one_line_error(launch_recipe(folder), 1, f"{folder / 'llm_options.yaml'}: {needle}")
+
+
+def test_missing_or_broken_options_file_is_named(tmp_path):
+    folder = edited_recipe(tmp_path, lambda d: None)
+    (folder / "llm_options.yaml").write_text("a: [\n")
+    one_line_error(launch_recipe(folder), 1, f"{folder / 'llm_options.yaml'}: line 2, column 1: invalid YAML")
+    (folder / "llm_options.yaml").unlink()
+    one_line_error(launch_recipe(folder), 1, f"{folder / 'llm_options.yaml'}: cannot read it (No such file")
+
+
+def test_recipe_yaml_file_itself_is_accepted(tmp_path):
+    res = launch_recipe(CATALOG_RECIPE / "recipe.yaml")
+    assert res.exit_code == 0, res.output
+    assert f"chosen: h100/balanced ({CATALOG_RECIPE})" in res.stdout
+    one_line_error(launch_recipe(CATALOG_RECIPE / "serve.sh"), 1, "serve.sh: a file; pass a bundle folder or a "
+                   "recipe folder (the one holding recipe.yaml)")
+    one_line_error(launch_recipe(tmp_path / "nothere"), 1, "nothere: no such file or folder")
