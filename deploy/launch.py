@@ -6,7 +6,9 @@ all ranks start the same command (`trtllm-llmapi-launch trtllm-serve ...`, ranks
 
 from __future__ import annotations
 
+import math
 import shlex
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,24 @@ from deploy.command import Launch, build_command, check_model_dir, model_dir_for
 from deploy.node import read_node
 from deploy.select import choose, find_recipes, warnings
 from deploy.supervise import supervise
+from recipes.recipe import TRTLLM_IMAGE
 
 DEFAULT_PORT = 8000
 DEFAULT_READY_TIMEOUT_S = 1800.0  # loading + autotuning + CUDA graph capture of a 120B model
+_TRTLLM = (f"TensorRT-LLM is not installed here: pip install 'trtkit[gpu]' on the GPU node, or run inside "
+           f"{TRTLLM_IMAGE}")
+# the programs a launch command may start, and how to get each
+INSTALL_HINTS = {
+    "trtllm-serve": _TRTLLM,
+    "trtllm-llmapi-launch": _TRTLLM,
+    "mpirun": f"no MPI here: install Open MPI, or run inside {TRTLLM_IMAGE}",
+}
+
+
+class LaunchUsageError(TrtkitError):
+    """A launch option that cannot work as given."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,12 @@ class LaunchRequest:
     model_dir: Path | None = None
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     checkpoint: str | None = None  # prefer recipes serving this checkpoint (nvfp4 | mxfp4)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.ready_timeout_s, (int, float)) and math.isfinite(self.ready_timeout_s)
+                and self.ready_timeout_s > 0):
+            raise LaunchUsageError(f"--ready-timeout {self.ready_timeout_s}: must be a finite number of seconds "
+                                   f"> 0 (default {DEFAULT_READY_TIMEOUT_S:.0f})")
 
 
 @dataclass(frozen=True)
@@ -77,5 +100,15 @@ def launch(req: LaunchRequest, env: Mapping[str, str], log: Callable[[str], None
     if req.dry_run:
         return 0
     check_model_dir(decision.launch.model_dir)
+    check_programs(decision.launch.argv, env)
     health = decision.launch.health_url if comm.rank == 0 else None
     return supervise(decision.launch.argv, health, req.ready_timeout_s, log, env=dict(decision.launch.env))
+
+
+def check_programs(argv: tuple[str, ...], env: Mapping[str, str]) -> None:
+    """Every program the command starts (the wrapper and trtllm-serve) is on PATH, else one line on how to
+    get it (rather than a FileNotFoundError from the child process)."""
+    for name in (n for n in INSTALL_HINTS if n in argv):
+        if shutil.which(name, path=env.get("PATH")) is None:
+            raise TrtkitError(f"{name}: not found on PATH; {INSTALL_HINTS[name]} (--dry-run prints the command "
+                              "without starting it)")

@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 
+from builder.errors import TrtkitError
+
 NOT_READY_EXIT = 3  # the server never became ready within the timeout
 STOP_GRACE_S = 30.0
 
@@ -41,7 +43,11 @@ def supervise(argv: Sequence[str], health_url: str | None, ready_timeout_s: floa
               log: Callable[[str], None], poll_s: float = 0.5, env: Mapping[str, str] | None = None) -> int:
     """env: variables set on top of this process's environment for the server."""
     # stdout/stderr inherited: the server's log streams through
-    proc = subprocess.Popen(list(argv), env={**os.environ, **env} if env else None)
+    try:
+        proc = subprocess.Popen(list(argv), env={**os.environ, **env} if env else None)
+    except OSError as exc:  # not found / not executable: a one-line error, not a traceback
+        raise TrtkitError(f"{argv[0]}: cannot start it ({exc.strerror or exc}); check that it is installed "
+                          "and on PATH") from None
     forwarded: list[int] = []
 
     def forward(signum, _frame) -> None:

@@ -154,3 +154,24 @@ def test_recipe_yaml_file_itself_is_accepted(tmp_path):
     one_line_error(launch_recipe(CATALOG_RECIPE / "serve.sh"), 1, "serve.sh: a file; pass a bundle folder or a "
                    "recipe folder (the one holding recipe.yaml)")
     one_line_error(launch_recipe(tmp_path / "nothere"), 1, "nothere: no such file or folder")
+
+
+# ---- starting the server -------------------------------------------------------------------------------
+
+def test_trtllm_serve_not_on_path(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    res = CliRunner(env={"PATH": str(empty)}).invoke(
+        main, ["launch", str(CATALOG_RECIPE), "--inventory", str(INV / "h100x8.yaml"), "--model-dir", str(model)])
+    one_line_error(res, 1, "trtllm-serve: not found on PATH; TensorRT-LLM is not installed here: pip install "
+                   "'trtkit[gpu]'", "nvcr.io/nvidia/tensorrt-llm/release:")
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+def test_ready_timeout_must_be_finite_and_positive(value):
+    res = trtkit("launch", str(CATALOG_RECIPE), "--dry-run", "--inventory", str(INV / "h100x8.yaml"),
+                 "--ready-timeout", value)
+    one_line_error(res, 2, "--ready-timeout ", "must be a finite number of seconds > 0")
