@@ -118,7 +118,15 @@ def _verification(doc: dict) -> str | None:
     return None
 
 
-MANIFEST_RULES: tuple[Callable[[Any], str | None], ...] = (_shape, _files, _sizes, _verification)
+def _source(doc: dict) -> str | None:
+    src = doc.get("source")
+    if (not isinstance(src, dict) or not isinstance(src.get("path"), str)
+            or not isinstance(src.get("copied_to"), (str, type(None)))):
+        return '"source" must be {"path": ..., "checksum": ..., "copied_to": null or a folder in the bundle}'
+    return None
+
+
+MANIFEST_RULES: tuple[Callable[[Any], str | None], ...] = (_shape, _files, _sizes, _verification, _source)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -146,13 +154,24 @@ def check_bundle(folder: Path, verify_weights: bool = True) -> list[str]:
     actual = _on_disk(folder)
     problems = [f"{name}: missing" for name in sorted(set(listed) - set(actual))]
     for name in sorted(set(listed) & set(actual)):
-        if verify_weights or not is_weight(name):
+        if verify_weights or not is_weight(name) or name not in sizes:  # older manifests record no sizes
             if sha256_file(actual[name]) != listed[name]:
                 problems.append(f"{name}: sha256 differs from the manifest")
-        elif name in sizes and actual[name].stat().st_size != sizes[name]:
+        elif actual[name].stat().st_size != sizes[name]:
             problems.append(f"{name}: {actual[name].stat().st_size} bytes, the manifest says {sizes[name]}")
     problems += [f"{name}: not listed in the manifest" for name in sorted(set(actual) - set(listed))]
     return _failed_verification(folder, manifest) + problems
+
+
+def require_intact(folder: Path, verify_weights: bool = False) -> dict:
+    """`trtkit launch`'s gate: the bundle's manifest is ours, its verification passed and every file matches
+    (weights by size unless verify_weights); its manifest, or one BundleError line with the problems."""
+    problems = check_bundle(folder, verify_weights=verify_weights)
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise BundleError(f"{folder}: not launching a bundle that does not match its manifest: "
+                          f"{'; '.join(problems[:3])}{more} (trtkit bundle check {folder} lists them; rebuild it)")
+    return read_manifest(folder)
 
 
 def _failed_verification(folder: Path, manifest: dict) -> list[str]:

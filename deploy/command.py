@@ -3,7 +3,6 @@ and the environment it adds (recipes on the trtkit::moe plugin: PYTHONPATH and t
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import plugins
 from builder.errors import TrtkitError
+from deploy.bundle import read_manifest
 from deploy.select import RecipeRef
 from plugins import trtllm
 
@@ -33,17 +33,17 @@ class Launch:
 
 
 def model_dir_for(r: RecipeRef, bundle: Path | None, override: Path | None) -> Path:
-    """Where the recipe's checkpoint is: --model-dir, else the bundle's NVFP4 checkpoint or recorded
-    MXFP4 source (Hopper), else the path the recipe names."""
+    """Where the recipe's checkpoint is: --model-dir, else the launched bundle's own NVFP4 checkpoint or
+    its recorded MXFP4 source (Hopper), else the path the recipe names (relative: to the recipe folder).
+    Never the bundle path recorded at build time: a copied or moved bundle serves its own checkpoint."""
     if override is not None:
         return Path(override)
     if bundle is not None:
         if r.checkpoint == "nvfp4":
             return bundle / "checkpoint"
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        copied = manifest["source"].get("copied_to")
-        return bundle / copied if copied else Path(manifest["source"]["path"])
-    return Path(r.doc["model"]["checkpoint_path"])
+        source = read_manifest(bundle)["source"]
+        return bundle / source["copied_to"] if source["copied_to"] else Path(source["path"])
+    return r.folder / r.doc["model"]["checkpoint_path"]  # an absolute path stays as it is
 
 
 def plugin_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

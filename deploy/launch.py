@@ -15,6 +15,7 @@ from pathlib import Path
 
 from builder.errors import TrtkitError
 from builder.parallel import comm_from_env
+from deploy.bundle import BUNDLE_MANIFEST, require_intact
 from deploy.command import Launch, build_command, check_model_dir, model_dir_for
 from deploy.node import read_node
 from deploy.select import choose, find_recipes, warnings
@@ -49,6 +50,7 @@ class LaunchRequest:
     model_dir: Path | None = None
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     checkpoint: str | None = None  # prefer recipes serving this checkpoint (nvfp4 | mxfp4)
+    verify_weights: bool = False  # hash the weight shards too (default: sizes only; hashing takes minutes)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ready_timeout_s, (int, float)) and math.isfinite(self.ready_timeout_s)
@@ -63,11 +65,25 @@ class Decision:
     lines: tuple[str, ...]
 
 
+def bundle_of(target: Path) -> Path | None:
+    """The bundle `target` is (a folder with recipes/), or lies in (its recipes/<gpu>/<profile>/ folder or
+    that folder's recipe.yaml); None for a recipe of its own (trtkit plan's output, the catalog)."""
+    folder = target.parent if target.is_file() else target
+    if (folder / "recipes").is_dir() and not (folder / "recipe.yaml").is_file():
+        return folder
+    up = folder.absolute().parent.parent
+    if up.name == "recipes" and ((up.parent / BUNDLE_MANIFEST).is_file() or (up.parent / "checkpoint").is_dir()):
+        return up.parent
+    return None
+
+
 def decide(req: LaunchRequest, world_size: int | None, env: Mapping[str, str]) -> Decision:
     target = Path(req.target)
+    bundle = bundle_of(target)
+    if bundle is not None:  # before anything is chosen from it
+        require_intact(bundle, req.verify_weights)
     recipes = find_recipes(target)
     node = read_node(req.inventory)
-    bundle = target if (target / "manifest.json").is_file() and (target / "recipes").is_dir() else None
 
     def present(r) -> bool:
         return (model_dir_for(r, bundle, req.model_dir) / "config.json").is_file()

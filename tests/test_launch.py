@@ -266,3 +266,68 @@ def test_plugin_server_gets_trtkit_on_its_path(bundle, fake_env, tmp_path):
     assert seen["PYTHONPATH"] == f"{root}:{root}/plugins/trtllm:/elsewhere"
     assert seen["TRTKIT_MOE_STORAGE"] == "kmajor"
     assert seen["finds"] == {"trtllm_gptoss": True, "plugins.moe_layer": True}
+
+
+# ---- the bundle is checked against its manifest before anything is chosen from it ---------------------
+
+def copied(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def refused(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for needle in needles:
+        assert needle in r.stderr, (needle, r.stderr)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("checkpoint/config.json", "checkpoint/config.json: sha256 differs from the manifest"),
+    ("recipes/b200/balanced/serve.sh", "recipes/b200/balanced/serve.sh: sha256 differs from the manifest"),
+    ("recipes/b200/extra/recipe.yaml", "recipes/b200/extra/dynamo.yaml: not listed in the manifest; "),
+])
+def test_launch_refuses_a_tampered_bundle(bundle, tmp_path, edit, needle):
+    copy = copied(bundle, tmp_path)
+    path = copy / edit
+    if path.exists():
+        path.write_text(path.read_text() + "\n")
+    else:  # a recipe slipped into the bundle after it was built
+        shutil.copytree(copy / "recipes" / "b200" / "latency", path.parent)
+    for target in (copy, copy / "recipes" / "b200" / "balanced"):
+        r = dry(target, "b200x8")
+        refused(r, "not launching a bundle that does not match its manifest", needle, "trtkit bundle check")
+
+
+def test_launch_refuses_a_bundle_without_manifest_or_verification(bundle, tmp_path):
+    copy = copied(bundle, tmp_path)
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["verification"]["passed"] = False
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    refused(dry(copy, "b200x8"), "verification.passed is false")
+    (copy / "manifest.json").unlink()  # before: bundle or not, it served the ORIGINAL bundle's checkpoint
+    refused(dry(copy, "b200x8"), f"{copy / 'manifest.json'}: not found")
+    refused(dry(copy / "recipes" / "b200" / "balanced", "b200x8"), "manifest.json: not found")
+
+
+def test_weights_are_checked_by_size_unless_asked_to_hash(bundle, tmp_path):
+    copy = copied(bundle, tmp_path)
+    shard = next((copy / "checkpoint").glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # same size, other bytes: found only by hashing
+    shard.write_bytes(bytes(data))
+    assert dry(copy, "b200x8").returncode == 0
+    refused(dry(copy, "b200x8", "--verify-weights"), f"checkpoint/{shard.name}: sha256 differs")
+    shard.write_bytes(bytes(data[:-1]))
+    refused(dry(copy, "b200x8"), f"checkpoint/{shard.name}: {len(data) - 1} bytes, the manifest says {len(data)}")
+
+
+def test_a_moved_bundle_serves_its_own_checkpoint(bundle, tmp_path):
+    """A recipe folder of a bundle resolves the checkpoint from the bundle it lies in, not from the path
+    recorded when the bundle was built."""
+    copy = copied(bundle, tmp_path)
+    for target in (copy / "recipes" / "b200" / "balanced", copy / "recipes" / "b200" / "balanced" / "recipe.yaml"):
+        r = dry(target, "b200x8")
+        assert r.returncode == 0, r.stderr
+        assert f"model: {copy.absolute() / 'checkpoint'}" in r.stdout

@@ -103,11 +103,16 @@ def bundle_check(folder: Path, as_json: bool) -> None:
 @click.option("--checkpoint", type=click.Choice(["nvfp4", "mxfp4"]), default=None,
               help="Prefer recipes serving this checkpoint (nvfp4: the bundle's own, on Hopper through the "
                    "trtkit::moe plugin). Default: a recipe whose checkpoint is on this machine.")
+@click.option("--verify-weights", is_flag=True,
+              help="Also hash the bundle's weight shards against manifest.json. By default launch hashes every "
+                   "other file and compares the shards' sizes only: hashing tens of GB takes minutes.")
 def launch(target: Path, profile: str | None, dry_run: bool, inventory: Path | None, port: int,
-           model_dir: Path | None, ready_timeout: float, checkpoint: str | None) -> None:
-    """Check this node, pick (bundle) or validate (recipe) a recipe, and start trtllm-serve."""
+           model_dir: Path | None, ready_timeout: float, checkpoint: str | None, verify_weights: bool) -> None:
+    """Check the bundle against its manifest and this node, pick (bundle) or validate (recipe) a recipe,
+    and start trtllm-serve."""
     from deploy.launch import LaunchRequest
     from deploy.launch import launch as run_launch
 
-    req = LaunchRequest(target, profile, dry_run, inventory, port, model_dir, ready_timeout, checkpoint)
+    req = LaunchRequest(target, profile, dry_run, inventory, port, model_dir, ready_timeout, checkpoint,
+                        verify_weights)
     sys.exit(run_launch(req, os.environ, log=lambda m: click.echo(m, err=False)))
