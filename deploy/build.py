@@ -65,8 +65,7 @@ def build(src: Path, out: Path, opts: BuildOptions, log: Callable[[str], None] =
         log(f"[4/5] planning and rendering recipes for {', '.join(opts.gpus)}")
         source_checksum = source_checksum_of(ckpt)
         recipes = render_bundle_recipes(ckpt, src, tmp / "recipes", gpus=opts.gpus, isl=opts.isl,
-                                        osl=opts.osl, source_checksum=source_checksum,
-                                        final_checkpoint=out / "checkpoint")
+                                        osl=opts.osl, source_checksum=source_checksum)
         if opts.include_source:
             copy_source(src, tmp / "source")
         smoke = smoke_test(ckpt) if opts.smoke else {"ran": False, "reason": "not requested (--smoke)"}

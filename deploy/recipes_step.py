@@ -15,6 +15,8 @@ from recipes.precision import ARCH_PRECISION, QUANTS, Checkpoint
 from recipes.render import recipes_of, write_recipe
 from recipes.search import PlanRequest, search
 
+BUNDLE_CHECKPOINT = "../../../checkpoint"  # OUT/checkpoint, seen from OUT/recipes/<gpu>/<profile>/
+
 
 def fleet_size(key: str) -> int:
     """One NVLink domain: 8 GPUs on HGX boards, 72 on a GB200 NVL72 rack."""
@@ -35,13 +37,13 @@ def _searches(gpus: tuple[str, ...]) -> list[tuple[str, Checkpoint | None]]:
 
 
 def render_bundle_recipes(ckpt: Path, src: Path, out: Path, *, gpus: tuple[str, ...], isl: int, osl: int,
-                          source_checksum: str, final_checkpoint: Path) -> list[dict]:
+                          source_checksum: str) -> list[dict]:
     """Write recipes/<gpu>/<profile>/ and return one summary row per recipe (for README/manifest).
 
-    The model is named after the source folder and points at the checkpoint's final place (the bundle
-    is still being built in a staging folder); `trtkit launch` resolves paths from the bundle anyway."""
-    model = replace(resolve_model(str(ckpt)), name=Path(src).resolve().name,
-                    path=str(Path(final_checkpoint).resolve()))
+    The model is named after the source folder; its checkpoint is the bundle's own, named relative to each
+    recipe folder (BUNDLE_CHECKPOINT): serve.sh, slurm.sbatch and `trtkit launch` then serve the checkpoint
+    of the bundle they are in, wherever it was copied, never the place it was built."""
+    model = replace(resolve_model(str(ckpt)), name=Path(src).resolve().name, path=BUNDLE_CHECKPOINT)
     rows = []
     for key, checkpoint in _searches(gpus):
         req = PlanRequest(model=model, gpu=gpu(key), work=Workload(isl, osl), gpus=fleet_size(key),

@@ -30,6 +30,19 @@ def _default(var: str, value: str) -> list[str]:
     return [f"DEFAULT_{var}={quote(value)}", f'{var}="${{{var}:-$DEFAULT_{var}}}"']
 
 
+def _model_dir_absolute(r: Recipe) -> list[str]:
+    return _default("MODEL_DIR", r.model_dir) if r.model_dir.startswith("/") else []
+
+
+def _model_dir_relative(r: Recipe, base: str) -> list[str]:
+    """A relative checkpoint path (a bundle's own checkpoint/) is relative to the recipe folder `base`, so a
+    copied or moved bundle serves its own checkpoint, not the one where it was built."""
+    if r.model_dir.startswith("/"):
+        return []
+    return [f'DEFAULT_MODEL_DIR="$(realpath -m "{base}"/{quote(r.model_dir)})"',
+            'MODEL_DIR="${MODEL_DIR:-$DEFAULT_MODEL_DIR}"']
+
+
 # the trtkit root (the folder holding plugins/) of the python3 on PATH, for serve.sh's default TRTKIT_DIR
 _FIND_TRTKIT = ("import os, plugins; "
                 "print(os.path.dirname(os.path.dirname(os.path.abspath(plugins.__file__))))")
@@ -58,11 +71,12 @@ def serve_sh(r: Recipe) -> str:
         return "\n".join(lines)
     replicas_per_node = per_node // tp
     lines += [
-        *_default("MODEL_DIR", r.model_dir),
+        *_model_dir_absolute(r),
         f"REPLICA=\"${{REPLICA:-0}}\"  # 0..{replicas_per_node - 1}: {replicas_per_node} instance(s) of {tp} "
         f"GPU(s) fit one {per_node}-GPU node",
         f"PORT=\"${{PORT:-{PORT}}}\"",
         'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
+        *_model_dir_relative(r, "$HERE"),
         f"if [ \"$REPLICA\" -ge {replicas_per_node} ]; then echo \"REPLICA must be < {replicas_per_node}\" >&2; "
         "exit 1; fi",
         f"FIRST=$((REPLICA * {tp}))",
@@ -102,9 +116,10 @@ def slurm_sbatch(r: Recipe) -> str:
         *_summary(r),
         f"# {tp} MPI ranks = {nodes} node(s) x {per_node} GPU(s); array task i = replica i of {c.replicas}",
         "set -euo pipefail",
-        *_default("MODEL_DIR", r.model_dir),
+        *_model_dir_absolute(r),
         *_default("CONTAINER_IMAGE", TRTLLM_IMAGE),
         'RECIPE_DIR="${RECIPE_DIR:-$SLURM_SUBMIT_DIR}"',
+        *_model_dir_relative(r, "$RECIPE_DIR"),
         f"PORT=\"${{PORT:-{PORT}}}\"",
     ]
     mounts = "$MODEL_DIR:$MODEL_DIR,$RECIPE_DIR:$RECIPE_DIR"

@@ -331,3 +331,26 @@ def test_a_moved_bundle_serves_its_own_checkpoint(bundle, tmp_path):
         r = dry(target, "b200x8")
         assert r.returncode == 0, r.stderr
         assert f"model: {copy.absolute() / 'checkpoint'}" in r.stdout
+
+
+def test_a_moved_bundles_scripts_serve_its_own_checkpoint(bundle, tmp_path):
+    """serve.sh and slurm.sbatch name the bundle's checkpoint relative to their recipe folder."""
+    copy = copied(bundle, tmp_path)
+    recipe = copy / "recipes" / "b200" / "balanced"
+    doc = yaml.safe_load((recipe / "recipe.yaml").read_text())
+    assert doc["model"]["checkpoint"] == "nvfp4" and doc["model"]["checkpoint_path"] == "../../../checkpoint"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("trtllm-serve", "srun"):  # stand-ins that print their argv
+        (bin_dir / name).write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+        (bin_dir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_DIR"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    serve = subprocess.run(["bash", str(recipe / "serve.sh")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                           check=True)
+    assert json.loads(serve.stdout)[0] == str((copy / "checkpoint").resolve())
+    slurm = subprocess.run(["bash", str(recipe / "slurm.sbatch")], capture_output=True, text=True, cwd=tmp_path,
+                           env={**env, "SLURM_SUBMIT_DIR": str(recipe)}, check=True)
+    argv = json.loads(slurm.stdout)
+    ckpt = str((copy / "checkpoint").resolve())
+    assert argv[argv.index("trtllm-serve") + 1] == ckpt and f"--container-mounts={ckpt}:{ckpt}," in " ".join(argv)
