@@ -69,7 +69,15 @@ def build_command(r: RecipeRef, model_dir: Path, port: int, world_size: int | No
     return Launch(tuple(serve), port, "single", model_dir, env)
 
 
-def check_model_dir(model_dir: Path) -> None:
-    if not (model_dir / "config.json").is_file():
-        raise TrtkitError(f"{model_dir}: no config.json: the checkpoint this recipe serves is not there; "
-                          "pass --model-dir or copy the checkpoint")
+def check_model_dir(model_dir: Path, given: bool = False) -> None:
+    """The checkpoint folder holds config.json; given: it came from --model-dir (checked in dry runs too)."""
+    model_dir = Path(model_dir)
+    what = ("no such folder" if not model_dir.exists() else "a file, not a checkpoint folder"
+            if not model_dir.is_dir() else "no config.json: not a Hugging Face checkpoint folder")
+    if (model_dir / "config.json").is_file():
+        return
+    if given:
+        raise TrtkitError(f"--model-dir {model_dir}: {what}; pass the checkpoint folder (the one holding "
+                          "config.json)")
+    raise TrtkitError(f"{model_dir}: {what}: the checkpoint this recipe serves is not there; pass --model-dir "
+                      "or copy the checkpoint")

@@ -78,6 +78,8 @@ def bundle_of(target: Path) -> Path | None:
 
 
 def decide(req: LaunchRequest, world_size: int | None, env: Mapping[str, str]) -> Decision:
+    if req.model_dir is not None:  # an explicit folder is checked in dry runs too
+        check_model_dir(req.model_dir, given=True)
     target = Path(req.target)
     bundle = bundle_of(target)
     if bundle is not None:  # before anything is chosen from it

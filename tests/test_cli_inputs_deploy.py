@@ -175,3 +175,14 @@ def test_ready_timeout_must_be_finite_and_positive(value):
     res = trtkit("launch", str(CATALOG_RECIPE), "--dry-run", "--inventory", str(INV / "h100x8.yaml"),
                  "--ready-timeout", value)
     one_line_error(res, 2, "--ready-timeout ", "must be a finite number of seconds > 0")
+
+
+def test_dry_run_checks_an_explicit_model_dir_as_the_launch_does(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for folder, why in ((tmp_path / "nonexistent", "no such folder"), (afile, "a file, not a checkpoint folder"),
+                        (tmp_path, "no config.json: not a Hugging Face checkpoint folder")):
+        for extra in (("--dry-run",), ()):
+            res = trtkit("launch", str(CATALOG_RECIPE), "--inventory", str(INV / "h100x8.yaml"), "--model-dir",
+                         str(folder), *extra)
+            one_line_error(res, 1, f"--model-dir {folder}: {why}; pass the checkpoint folder")
