@@ -14,8 +14,10 @@ from pathlib import Path
 from builder.calibrate import calibration_data, collect_amax, input_scales
 from builder.convert import convert
 from builder.parallel import SerialComm
+from builder.spec import ModelSpec
 from builder.writer import atomic_output
 from deploy.bundle import (
+    VERIFICATION_REPORT,
     BundleError,
     VerifyPolicy,
     copy_source,
@@ -25,8 +27,10 @@ from deploy.bundle import (
     write_verification,
 )
 from deploy.operator_readme import write_operator_readme
-from deploy.recipes_step import render_bundle_recipes
+from deploy.recipes_step import plan_bundle, render_bundle_recipes
 from deploy.smoke import smoke_test
+from recipes.errors import PlanError
+from recipes.model import ModelRef
 
 GPUS = ("h100", "h200", "b200", "gb200")
 
@@ -43,10 +47,31 @@ class BuildOptions:
     calib_text: Path | None = None
     policy: VerifyPolicy = field(default_factory=VerifyPolicy)
 
+    def __post_init__(self) -> None:
+        unknown = [g for g in self.gpus if g not in GPUS]
+        repeated = sorted({g for g in self.gpus if self.gpus.count(g) > 1})
+        if unknown or repeated or not self.gpus:
+            raise BundleError(f"--gpus {','.join(self.gpus) or '(none)'}: name each of {', '.join(GPUS)} at most "
+                              "once (comma-separated)")
+        for flag, value in (("--isl", self.isl), ("--osl", self.osl)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BundleError(f"{flag} {value!r}: must be a whole number of tokens >= 1")
+
+
+def preflight(src: Path, opts: BuildOptions) -> None:
+    """What step 4 would refuse, checked before minutes of calibration and conversion: SRC's config.json,
+    the workload against its max_position_embeddings, and a deployment on every GPU of --gpus."""
+    spec = ModelSpec.from_dir(src)  # CheckpointError naming SRC's config.json
+    try:
+        plan_bundle(ModelRef(name=Path(src).resolve().name, spec=spec), opts.gpus, opts.isl, opts.osl)
+    except PlanError as exc:
+        raise BundleError(f"{exc} (checked before any work; nothing was written)") from None
+
 
 def build(src: Path, out: Path, opts: BuildOptions, log: Callable[[str], None] = print) -> dict:
     """Build the bundle; return its manifest. Raises BundleError when verification fails."""
     src, out = Path(src), Path(out)
+    preflight(src, opts)
     with atomic_output(out, opts.force, SerialComm(), keep=src) as tmp:
         ckpt = tmp / "checkpoint"
         data = calibration_data(src, input_ids=opts.calib_input_ids, text_file=opts.calib_text)
@@ -76,7 +101,7 @@ def build(src: Path, out: Path, opts: BuildOptions, log: Callable[[str], None] =
         log("[5/5] writing the manifest")
         manifest = write_manifest(tmp, src=src, source_checksum=source_checksum,
                                   include_source=opts.include_source,
-                                  extra={"verification": {"passed": True, "report": "verification.json"},
+                                  extra={"verification": {"passed": True, "report": VERIFICATION_REPORT},
                                          "smoke_test": smoke, "cast": cast,
                                          "workload": {"isl": opts.isl, "osl": opts.osl},
                                          "recipes": recipes})

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from recipes.hardware import gpu
 from recipes.memory import Workload
-from recipes.model import resolve_model
+from recipes.model import ModelRef, resolve_model
 from recipes.precision import ARCH_PRECISION, QUANTS, Checkpoint
 from recipes.render import recipes_of, write_recipe
-from recipes.search import PlanRequest, search
+from recipes.search import PlanRequest, SearchResult, search
 
 BUNDLE_CHECKPOINT = "../../../checkpoint"  # OUT/checkpoint, seen from OUT/recipes/<gpu>/<profile>/
 
@@ -36,6 +36,15 @@ def _searches(gpus: tuple[str, ...]) -> list[tuple[str, Checkpoint | None]]:
     return out
 
 
+def plan_bundle(model: ModelRef, gpus: tuple[str, ...], isl: int, osl: int
+                ) -> list[tuple[str, Checkpoint | None, SearchResult]]:
+    """Every search of a bundle: (GPU, checkpoint restriction, result). PlanError when the workload does
+    not fit the model or a GPU has no deployment: `trtkit build` runs this before any work, on SRC's config."""
+    return [(key, checkpoint, search(PlanRequest(model=model, gpu=gpu(key), work=Workload(isl, osl),
+                                                 gpus=fleet_size(key), checkpoint=checkpoint)))
+            for key, checkpoint in _searches(gpus)]
+
+
 def render_bundle_recipes(ckpt: Path, src: Path, out: Path, *, gpus: tuple[str, ...], isl: int, osl: int,
                           source_checksum: str) -> list[dict]:
     """Write recipes/<gpu>/<profile>/ and return one summary row per recipe (for README/manifest).
@@ -45,11 +54,9 @@ def render_bundle_recipes(ckpt: Path, src: Path, out: Path, *, gpus: tuple[str, 
     of the bundle they are in, wherever it was copied, never the place it was built."""
     model = replace(resolve_model(str(ckpt)), name=Path(src).resolve().name, path=BUNDLE_CHECKPOINT)
     rows = []
-    for key, checkpoint in _searches(gpus):
-        req = PlanRequest(model=model, gpu=gpu(key), work=Workload(isl, osl), gpus=fleet_size(key),
-                          checkpoint=checkpoint)
+    for key, checkpoint, result in plan_bundle(model, gpus, isl, osl):
         suffix = f"-{checkpoint.value}" if checkpoint else ""
-        for profile, recipe in recipes_of(search(req)).items():
+        for profile, recipe in recipes_of(result).items():
             folder = write_recipe(recipe, out / key / f"{profile.value}{suffix}")
             c = recipe.cand
             rows.append({"gpu": key, "profile": profile.value, "path": str(folder.relative_to(out.parent)),

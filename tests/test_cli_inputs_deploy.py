@@ -186,3 +186,25 @@ def test_dry_run_checks_an_explicit_model_dir_as_the_launch_does(tmp_path):
             res = trtkit("launch", str(CATALOG_RECIPE), "--inventory", str(INV / "h100x8.yaml"), "--model-dir",
                          str(folder), *extra)
             one_line_error(res, 1, f"--model-dir {folder}: {why}; pass the checkpoint folder")
+
+
+# ---- trtkit build: what step 4 would refuse is refused before calibration ---------------------------------
+
+def test_build_refuses_a_workload_past_the_models_context_before_any_work(tiny_mxfp4, tmp_path):
+    out = tmp_path / "engine"
+    res = trtkit("build", str(tiny_mxfp4), str(out), "--isl", "100000", "--osl", "100000")
+    # one line on stderr: not even "[1/5] calibrating" was logged
+    one_line_error(res, 1, "ISL + OSL = 100000 + 100000 = 200000 exceeds the model's max_position_embeddings 4096",
+                   "checked before any work; nothing was written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--gpus", "h100,h100"), "--gpus h100,h100: name each of h100, h200, b200, gb200 at most once"),
+    ((), "config.json: not found; a checkpoint folder needs its Hugging Face config.json"),
+])
+def test_build_checks_gpus_and_source_up_front(tmp_path, args, needle):
+    src = tmp_path / "src"
+    src.mkdir()
+    one_line_error(trtkit("build", str(src), str(tmp_path / "engine"), *args), 1, needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
