@@ -22,7 +22,7 @@ both, proven against the source model before any GPU sees it.
 | `recipes/<gpu>/<profile>/` | `options.yaml` for `trtllm-serve`, `serve.sh`, Slurm, Kubernetes, Dynamo, `recipe.yaml` |
 | `recipes/<hopper gpu>/<profile>-nvfp4/` | the same for `checkpoint/` on Hopper, its MoE on the trtkit::moe plugin (one GPU per instance; trtkit must be importable where it runs: `TRTKIT_DIR`) |
 | `verification.json`, `VERIFICATION.md` | logits and weights compared with the source ({blocks}) |
-| `manifest.json` | sha256 of every file; `trtkit bundle check .` re-verifies them |
+| `manifest.json` | sha256 and size of every file; `trtkit bundle check .` re-verifies them, `trtkit launch` refuses a bundle that does not match (weights by size; `--verify-weights` hashes them too) |
 
 Source checkpoint: `{src.resolve()}` (Hopper recipes serve it directly: H100/H200 have no FP4 hardware,
 so they run the MXFP4 source weights with BF16 activations). Hopper's `-nvfp4` recipes serve `checkpoint/`

@@ -154,3 +154,6 @@ def test_bundle_check_json(bundle):
     assert json.loads(r.stdout) == {"bundle": str(bundle), "ok": True, "files": len(manifest["files"]),
                                     "problems": []}
     assert manifest["sizes"] == {k: (bundle / k).stat().st_size for k in manifest["files"]}
+    text = cli("bundle", "check", str(bundle))
+    assert text.stdout == f"{bundle}: verification passed, {len(manifest['files'])} files; every file matches " \
+                          "manifest.json\n"

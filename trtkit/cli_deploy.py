@@ -85,7 +85,7 @@ def bundle_check(folder: Path, as_json: bool) -> None:
     if problems:
         sys.exit(1)
     if not as_json:
-        click.echo(f"{folder}: every file matches manifest.json ({files} files, verification passed)")
+        click.echo(f"{folder}: verification passed, {files} files; every file matches manifest.json")
 
 
 @click.command("launch")
