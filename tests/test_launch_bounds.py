@@ -18,8 +18,11 @@ INVENTORY = Path(__file__).parent / "data" / "inventories" / "b200x8.yaml"
 def test_gpu_count_boundary(tmp_path, count, fits):
     inv = tmp_path / "node.yaml"
     inv.write_text(INVENTORY.read_text().replace("count: 8", f"count: {count}"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # launch only checks that the folder is a checkpoint folder
     r = subprocess.run([sys.executable, "-m", "trtkit.cli", "launch", str(RECIPE), "--dry-run", "--inventory",
-                        str(inv), "--model-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+                        str(inv), "--model-dir", str(model)], capture_output=True, text=True, timeout=120)
     assert (r.returncode == 0) is fits, r.stderr
     if not fits:
         assert r.returncode == 2
