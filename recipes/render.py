@@ -63,7 +63,7 @@ def write_plan(result: SearchResult, out: Path, force: bool) -> tuple[dict[Profi
     no half-written OUT, and a non-empty OUT is replaced only with `force`."""
     out = Path(out)
     try:
-        with atomic_output(out.resolve(), force, SerialComm()) as tmp:
+        with atomic_output(out, force, SerialComm()) as tmp:
             folders = write_picks(result, tmp)
             plot_frontier(result, tmp / FRONTIER_PNG)
     except OSError as exc:

@@ -158,8 +158,8 @@ def test_plan_out_unusable_locations(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     one_line_error(plan_cli("--out", str(afile)), "exists and is not a directory")
-    one_line_error(plan_cli("--out", str(afile / "sub")), "cannot write the plan here")
-    one_line_error(plan_cli("--out", "/proc/self/x"), "/proc/self/x: cannot write the plan here")
+    one_line_error(plan_cli("--out", str(afile / "sub")), f"cannot create OUT {afile / 'sub'}: {afile} is a file")
+    one_line_error(plan_cli("--out", "/proc/self/x"), "cannot create OUT /proc/self/x: ")
 
 
 def test_search_options_before_estimate_are_refused_not_dropped():
