@@ -154,17 +154,21 @@ def atomic_output(out: Path, force: bool, comm: Comm, keep: Path | None = None) 
     check_creatable(out)
     tmp = out.parent / f".{out.name}.partial"
     old = out.parent / f".{out.name}.old"
+    error = None
     if comm.rank == 0:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            for stale in (tmp, old):
-                if stale.exists():
+            for stale in (tmp, old):  # left by a killed run: a folder, or anything else by that name
+                if stale.is_dir() and not stale.is_symlink():
                     shutil.rmtree(stale)
+                elif stale.exists() or stale.is_symlink():
+                    stale.unlink()
             tmp.mkdir()
         except OSError as exc:
-            raise OutputError(f"cannot create OUT {out}: {exc.strerror} ({exc.filename}); "
-                              "choose another OUT") from exc
-    comm.barrier()
+            error = f"cannot create OUT {out}: {exc.strerror} ({exc.filename}); choose another OUT"
+    error = comm.bcast(error)  # every rank learns of rank 0's failure (a barrier would leave them waiting)
+    if error:
+        raise OutputError(error)
     try:
         yield tmp
     except BaseException:

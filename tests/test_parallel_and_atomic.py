@@ -70,3 +70,17 @@ def test_killed_run_leaves_no_out_and_rerun_succeeds(tmp_path):
     assert r.returncode == 0, r.stderr
     assert out.is_dir() and not partial.exists()
     assert (out / "trtkit_manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_stray_partial_file_under_mpiexec(tiny_mxfp4, tmp_path):
+    """A file (not a folder) named .OUT.partial, as an interrupted copy may leave, is replaced; before,
+    rank 0 failed on it while rank 1 waited in a barrier for ever."""
+    mpiexec = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+    (tmp_path / ".out.partial").write_text("stray")
+    (tmp_path / ".out.old").symlink_to(tmp_path / "nowhere")
+    r = subprocess.run([mpiexec, "-n", "2", *trtkit("convert", "--quiet", str(tiny_mxfp4), str(tmp_path / "out"))],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
