@@ -8,7 +8,6 @@ loop runs, in BF16 by default (the dtype Model Optimizer calibrates the BF16 mod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -19,6 +18,7 @@ import torch
 from builder.checkpoint import Checkpoint
 from builder.errors import TrtkitError
 from builder.runtime.hooks import AmaxCollector, input_scales  # noqa: F401  (re-exported)
+from builder.runtime.io import load_id_rows
 
 DEFAULT_TEXT = "calibration.txt"  # builder/data/calibration.txt, see its first paragraph
 DEFAULT_SEQ_LEN = 128
@@ -67,14 +67,10 @@ def calibration_data(src: Path, *, input_ids: Path | None = None, text_file: Pat
     if input_ids is not None and text_file is not None:
         raise CalibrationError("give --calib-input-ids or --calib-text, not both")
     if input_ids is not None:
-        try:
-            data = json.loads(Path(input_ids).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CalibrationError(f"{input_ids}: cannot read calibration ids ({exc})") from exc
-        if not (isinstance(data, list) and data and all(isinstance(s, list) and s for s in data)
-                and all(isinstance(t, int) for s in data for t in s)):
-            raise CalibrationError(f"{input_ids}: expected a non-empty JSON list of non-empty lists of ints")
-        return CalibrationData(tuple(tuple(s) for s in data), f"ids file {input_ids}")
+        # the same checked reader as `trtkit forward --input-ids` (rows may differ in length here:
+        # one forward per row); every bad file is one InputError naming it
+        rows = load_id_rows(input_ids, Checkpoint.open(src).spec.vocab_size)
+        return CalibrationData(tuple(tuple(s) for s in rows), f"ids file {input_ids}")
     if text_file is not None:
         try:
             text = Path(text_file).read_text()

@@ -20,38 +20,62 @@ class InputError(TrtkitError):
     """The token-id input is malformed (not JSON, empty, ragged, or ids outside the vocabulary)."""
 
 
-def parse_input_ids(data: object, vocab_size: int, source: str = "input") -> torch.Tensor:
-    """A JSON value holding a non-empty list of equal-length, non-empty lists of ids in
-    [0, vocab_size) -> int64 [B, T]."""
-    fix = "expected a JSON list of equal-length lists of token ids, e.g. [[1, 2, 3], [4, 5, 6]]"
+def check_input_ids(data: object, vocab_size: int, source: str = "input", *, equal_length: bool = True,
+                    max_length: int | None = None) -> list[list[int]]:
+    """A JSON value holding a non-empty list of non-empty lists of ids in [0, vocab_size), all of the
+    same length when `equal_length`, none longer than `max_length` when given -> the rows."""
+    rows = "equal-length lists" if equal_length else "lists"
+    fix = f"expected a JSON list of {rows} of token ids, e.g. [[1, 2, 3], [4, 5, 6]]"
     if not isinstance(data, list) or not data:
         raise InputError(f"{source}: empty or not a list; {fix}")
     for b, row in enumerate(data):
         if not isinstance(row, list) or not row:
             raise InputError(f"{source}: row {b} is empty or not a list; {fix}")
-        if len(row) != len(data[0]):
+        if equal_length and len(row) != len(data[0]):
             raise InputError(f"{source}: ragged input: row {b} has {len(row)} ids, row 0 has "
                              f"{len(data[0])}; all rows must have the same length (pad them)")
+        if max_length is not None and len(row) > max_length:
+            raise InputError(f"{source}: row {b} has {len(row)} ids, more than the model's "
+                             f"max_position_embeddings {max_length}; split it into rows of at most "
+                             f"{max_length} ids")
         for t, tok in enumerate(row):
             if isinstance(tok, bool) or not isinstance(tok, int):
                 raise InputError(f"{source}: id at [{b}][{t}] is {tok!r}, not an integer; {fix}")
             if not 0 <= tok < vocab_size:
                 raise InputError(f"{source}: id {tok} at [{b}][{t}] is outside the vocabulary "
                                  f"(vocab_size {vocab_size}: ids must be 0..{vocab_size - 1})")
-    return torch.tensor(data, dtype=torch.int64)
+    return data
 
 
-def load_input_ids(path: str | Path, vocab_size: int) -> torch.Tensor:
-    """Read and validate IDS.json -> int64 [B, T]."""
+def parse_input_ids(data: object, vocab_size: int, source: str = "input", *,
+                    max_length: int | None = None) -> torch.Tensor:
+    """A JSON value holding a non-empty list of equal-length, non-empty lists of ids in
+    [0, vocab_size) -> int64 [B, T]."""
+    return torch.tensor(check_input_ids(data, vocab_size, source, max_length=max_length), dtype=torch.int64)
+
+
+def read_ids_json(path: str | Path) -> object:
+    """The JSON value in token-id file `path`; InputError naming the file when it cannot be read."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise InputError(f"{path}: not found; pass a JSON file of token ids") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot read token ids ({exc}); write a JSON list of lists of "
                          "integers") from exc
-    return parse_input_ids(data, vocab_size, str(path))
+
+
+def load_input_ids(path: str | Path, vocab_size: int, *, max_length: int | None = None) -> torch.Tensor:
+    """Read and validate IDS.json -> int64 [B, T]."""
+    return parse_input_ids(read_ids_json(path), vocab_size, str(path), max_length=max_length)
+
+
+def load_id_rows(path: str | Path, vocab_size: int, *, max_length: int | None = None) -> list[list[int]]:
+    """Read and validate IDS.json holding lists of ids of any lengths (calibration: one forward per
+    list) -> the rows."""
+    return check_input_ids(read_ids_json(path), vocab_size, str(path), equal_length=False,
+                           max_length=max_length)
 
 
 def check_logits_path(path: str | Path) -> None:

@@ -1,0 +1,44 @@
+"""More bad inputs refused by the builder commands (convert --calibrate, verify, synth, forward): one
+line naming the file/option and the fix, a non-zero exit, no traceback, nothing half-written. Driven
+through the real CLI (subprocess) on real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TRTKIT = [sys.executable, "-m", "trtkit.cli"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRTKIT, *args], capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    """A domain error: exit 1, exactly one line `trtkit: error: ...` on stderr."""
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trtkit: error: "), r.stderr
+    return lines[0]
+
+
+# ---- convert --calibrate --calib-input-ids: the same checked reader as forward --input-ids ---------
+@pytest.mark.parametrize("content, reason", [
+    (b"\xff\xfe\x00", "cannot read token ids"),
+    (b"[[99999999999999999999999]]", "outside the vocabulary"),
+    (b"[[true, false]]", "not an integer"),
+    (b"[[1, 600]]", "outside the vocabulary (vocab_size 512"),
+    (b"[[1, 2], []]", "row 1 is empty"),
+    (b"{\"ids\": [1]}", "not a list"),
+])
+def test_calib_input_ids_bad_file_is_one_line_naming_it(tiny_mxfp4, tmp_path, content, reason):
+    ids = tmp_path / "calib_ids.json"
+    ids.write_bytes(content)
+    out = tmp_path / "out"
+    line = one_line_error(run_cli("convert", "--quiet", "--calibrate", "--calib-input-ids", str(ids),
+                                  str(tiny_mxfp4), str(out)))
+    assert str(ids) in line and reason in line, line
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
