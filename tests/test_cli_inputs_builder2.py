@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -42,3 +41,17 @@ def test_calib_input_ids_bad_file_is_one_line_naming_it(tiny_mxfp4, tmp_path, co
                                   str(tiny_mxfp4), str(out)))
     assert str(ids) in line and reason in line, line
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def usage_error(r: subprocess.CompletedProcess) -> str:
+    """click's usage error: exit 2, no traceback, the reason on the last line."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+# ---- verify --num-tokens is bounded (no overflow, no multi-GB id tensor) -------------------------
+@pytest.mark.parametrize("value", ["100000000000000000000", "1000000000", "1048577"])
+def test_verify_num_tokens_is_bounded(tiny_mxfp4, value):
+    line = usage_error(run_cli("verify", str(tiny_mxfp4), str(tiny_mxfp4), "--num-tokens", value))
+    assert "'--num-tokens'" in line and "1<=x<=1048576" in line, line

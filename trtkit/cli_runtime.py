@@ -8,6 +8,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+# verify's random ids: 2**20 positions is far more than a check needs; the logits alone are
+# positions x vocab x 4 bytes (for gpt-oss, 0.8 MB a position)
+MAX_NUM_TOKENS = 1 << 20
+
 
 class FiniteFloat(click.FloatRange):
     """click's FloatRange that also refuses nan and +-inf (FloatRange lets both through: nan compares
@@ -52,9 +56,10 @@ def forward(ckpt: Path, input_ids: Path, out: Path, dtype: str, stream: bool, em
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--input-ids", "input_ids", type=click.Path(path_type=Path), default=None,
               help="JSON list of equal-length lists of token ids (default: --num-tokens random ids, seed 0).")
-@click.option("--num-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--num-tokens", type=click.IntRange(min=1, max=MAX_NUM_TOKENS), default=256, show_default=True,
               help="Random ids (seed 0) when no --input-ids, in sequences of min(N, 128) tokens; N is "
-                   "rounded up to whole sequences (200 runs 2 x 128 = 256 positions).")
+                   "rounded up to whole sequences (200 runs 2 x 128 = 256 positions); 1 to "
+                   f"{MAX_NUM_TOKENS:,}.")
 @click.option("--max-kl", type=FiniteFloat(min=0), default=1e-3, show_default=True,
               help="Limit on the mean KL (nats), >= 0.")
 @click.option("--min-top1", type=FiniteFloat(min=0, max=1), default=0.99, show_default=True,
