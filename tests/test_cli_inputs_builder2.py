@@ -55,3 +55,14 @@ def usage_error(r: subprocess.CompletedProcess) -> str:
 def test_verify_num_tokens_is_bounded(tiny_mxfp4, value):
     line = usage_error(run_cli("verify", str(tiny_mxfp4), str(tiny_mxfp4), "--num-tokens", value))
     assert "'--num-tokens'" in line and "1<=x<=1048576" in line, line
+
+
+# ---- synth --layers is bounded (10**8 built a 14 GB tensor list before the disk check) ------------
+@pytest.mark.parametrize("value", ["100000000", "1025"])
+def test_synth_layers_is_bounded(tmp_path, value):
+    out = tmp_path / "big"
+    r = subprocess.run([*TRTKIT, "synth", "--quiet", "--layers", value, str(out)], capture_output=True,
+                       text=True, timeout=20)
+    line = usage_error(r)
+    assert "'--layers'" in line and "1<=x<=1024" in line, line
+    assert not out.exists() and not list(tmp_path.iterdir())

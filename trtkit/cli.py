@@ -52,6 +52,11 @@ class TrtkitGroup(click.Group):
             fail(str(exc), exc.exit_code)
 
 
+# synth --layers: far above any gpt-oss (24 and 36 layers); 10**8 took minutes and 14 GB of RAM just
+# listing the tensors, before the disk-space check could refuse it
+MAX_SYNTH_LAYERS = 1024
+
+
 @click.group(cls=TrtkitGroup)
 @click.version_option(package_name="trtkit")
 def main() -> None:
@@ -65,7 +70,8 @@ def _progress_enabled(quiet: bool, rank: int) -> bool:
 @main.command()
 @click.option("--shape", type=click.Choice(sorted(SHAPES)), default="tiny", show_default=True,
               help="Named size: tiny (embedded default) or the released gpt-oss shapes.")
-@click.option("--layers", type=click.IntRange(min=1), default=None, help="Cut the model to N layers.")
+@click.option("--layers", type=click.IntRange(min=1, max=MAX_SYNTH_LAYERS), default=None,
+              help=f"Cut (or stretch) the model to N layers, 1 to {MAX_SYNTH_LAYERS} (gpt-oss has 24 or 36).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--experts", "experts_format", type=click.Choice(["mxfp4", "bf16"]), default="mxfp4",
               show_default=True, help="mxfp4: the released layout; bf16: as transformers saves it.")
