@@ -177,8 +177,11 @@ def atomic_output(out: Path, force: bool, comm: Comm, keep: Path | None = None) 
         raise
     comm.barrier()
     if comm.rank == 0:
-        if out.exists():
+        if out.exists() or out.is_symlink():  # a symlink OUT (even dangling) is replaced, not followed
             out.rename(old)
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # the replaced link itself: unlink it, never its target's contents
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     comm.barrier()

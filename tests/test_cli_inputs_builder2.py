@@ -66,3 +66,25 @@ def test_synth_layers_is_bounded(tmp_path, value):
     line = usage_error(r)
     assert "'--layers'" in line and "1<=x<=1024" in line, line
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# ---- --force onto a symlink replaces the link, never touches its target ---------------------------
+def test_force_onto_symlink_keeps_target_and_leaves_no_old(tmp_path):
+    target, link = tmp_path / "z0", tmp_path / "zlink"
+    subprocess.run([*TRTKIT, "synth", "--quiet", str(target)], check=True, capture_output=True, timeout=120)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    link.symlink_to("z0")
+    r = run_cli("synth", "--quiet", "--force", "--seed", "3", str(link))
+    assert r.returncode == 0, r.stderr
+    assert link.is_dir() and not link.is_symlink()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z0", "zlink"]  # no .zlink.old, no .partial
+
+
+def test_force_onto_dangling_symlink(tmp_path):
+    link = tmp_path / "dang"
+    link.symlink_to("nowhere")
+    r = run_cli("synth", "--quiet", "--force", str(link))
+    assert r.returncode == 0, r.stderr
+    assert link.is_dir() and not link.is_symlink() and (link / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dang"]
