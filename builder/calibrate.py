@@ -69,7 +69,8 @@ def calibration_data(src: Path, *, input_ids: Path | None = None, text_file: Pat
     if input_ids is not None:
         # the same checked reader as `trtkit forward --input-ids` (rows may differ in length here:
         # one forward per row); every bad file is one InputError naming it
-        rows = load_id_rows(input_ids, Checkpoint.open(src).spec.vocab_size)
+        spec = Checkpoint.open(src).spec
+        rows = load_id_rows(input_ids, spec.vocab_size, max_length=spec.max_position_embeddings)
         return CalibrationData(tuple(tuple(s) for s in rows), f"ids file {input_ids}")
     if text_file is not None:
         try:

@@ -4,6 +4,7 @@ through the real CLI (subprocess) on real files."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -88,3 +89,18 @@ def test_force_onto_dangling_symlink(tmp_path):
     assert r.returncode == 0, r.stderr
     assert link.is_dir() and not link.is_symlink() and (link / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dang"]
+
+
+# ---- ids longer than max_position_embeddings (tiny: 4096) are refused, as plan refuses them --------
+@pytest.mark.parametrize("command", ["forward", "verify", "convert"])
+def test_input_ids_longer_than_max_positions(tiny_mxfp4, tmp_path, command):
+    ids = tmp_path / "long_ids.json"
+    ids.write_text(json.dumps([[1] * 5000]))
+    out = tmp_path / "out"
+    args = {"forward": ["forward", str(tiny_mxfp4), "--input-ids", str(ids), "--out", str(out)],
+            "verify": ["verify", str(tiny_mxfp4), str(tiny_mxfp4), "--input-ids", str(ids)],
+            "convert": ["convert", "--quiet", "--calibrate", "--calib-input-ids", str(ids), str(tiny_mxfp4),
+                        str(out)]}[command]
+    line = one_line_error(run_cli(*args))
+    assert str(ids) in line and "5000 ids" in line and "max_position_embeddings 4096" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long_ids.json"]

@@ -44,7 +44,8 @@ def forward(ckpt: Path, input_ids: Path, out: Path, dtype: str, stream: bool, em
 
     check_logits_path(out)
     checkpoint = Checkpoint.open(ckpt)
-    ids = load_input_ids(input_ids, checkpoint.spec.vocab_size)
+    ids = load_input_ids(input_ids, checkpoint.spec.vocab_size,
+                         max_length=checkpoint.spec.max_position_embeddings)
     runtime = GptOssRuntime(checkpoint, dtype=COMPUTE_DTYPES[dtype], stream=stream, emulate_w4a4=emulate_w4a4)
     logits = runtime.logits(ids)
     save_logits(out, logits)
@@ -83,7 +84,9 @@ def verify(reference: Path, candidate: Path, input_ids: Path | None, num_tokens:
     if input_ids and click.get_current_context().get_parameter_source("num_tokens") is not ParameterSource.DEFAULT:
         raise click.UsageError("--num-tokens sizes the random default ids; --input-ids gives the ids "
                                "themselves: pass one or the other")
-    ids = load_input_ids(input_ids, Checkpoint.open(reference).spec.vocab_size) if input_ids else None
+    ref_spec = Checkpoint.open(reference).spec
+    ids = (load_input_ids(input_ids, ref_spec.vocab_size, max_length=ref_spec.max_position_embeddings)
+           if input_ids else None)
     report = run_verify(reference, candidate, ids, num_tokens=num_tokens,
                         thresholds=Thresholds(max_kl=max_kl, min_top1=min_top1), emulate_w4a4=emulate_w4a4,
                         dtype=COMPUTE_DTYPES[dtype],
