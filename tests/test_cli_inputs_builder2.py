@@ -104,3 +104,19 @@ def test_input_ids_longer_than_max_positions(tiny_mxfp4, tmp_path, command):
     line = one_line_error(run_cli(*args))
     assert str(ids) in line and "5000 ids" in line and "max_position_embeddings 4096" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long_ids.json"]
+
+
+# ---- verify of a folder against itself: a warning, not an error -----------------------------------
+def test_verify_same_folder_warns(tiny_mxfp4, tmp_path):
+    link = tmp_path / "alias"
+    link.symlink_to(tiny_mxfp4)
+    r = run_cli("verify", "--json", "--num-tokens", "8", str(tiny_mxfp4), str(link))
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("trtkit: warning: ")]
+    assert len(warnings) == 1 and "same folder" in warnings[0] and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(r.stdout)["passed"] is True
+
+
+def test_verify_different_folders_do_not_warn(tiny_mxfp4, tiny_bf16):
+    r = run_cli("verify", "--json", "--num-tokens", "8", str(tiny_mxfp4), str(tiny_bf16))
+    assert "warning" not in r.stderr, r.stderr

@@ -52,6 +52,13 @@ def forward(ckpt: Path, input_ids: Path, out: Path, dtype: str, stream: bool, em
     click.echo(f"wrote {out}: logits {list(logits.shape)} float32")
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one is missing: Checkpoint.open says so
+        return False
+
+
 @click.command("verify")
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
@@ -85,6 +92,9 @@ def verify(reference: Path, candidate: Path, input_ids: Path | None, num_tokens:
         raise click.UsageError("--num-tokens sizes the random default ids; --input-ids gives the ids "
                                "themselves: pass one or the other")
     ref_spec = Checkpoint.open(reference).spec
+    if _same_folder(reference, candidate):
+        click.echo(f"trtkit: warning: REFERENCE {reference} and CANDIDATE {candidate} are the same folder; "
+                   "the check compares it with itself and passes trivially", err=True)
     ids = (load_input_ids(input_ids, ref_spec.vocab_size, max_length=ref_spec.max_position_embeddings)
            if input_ids else None)
     report = run_verify(reference, candidate, ids, num_tokens=num_tokens,
