@@ -120,3 +120,29 @@ def test_verify_same_folder_warns(tiny_mxfp4, tmp_path):
 def test_verify_different_folders_do_not_warn(tiny_mxfp4, tiny_bf16):
     r = run_cli("verify", "--json", "--num-tokens", "8", str(tiny_mxfp4), str(tiny_bf16))
     assert "warning" not in r.stderr, r.stderr
+
+
+# ---- SIGTERM cleans up like Ctrl-C: no .OUT.partial left ------------------------------------------
+def test_sigterm_during_synth_removes_partial(tmp_path):
+    import signal
+    import time
+
+    out, partial = tmp_path / "big", tmp_path / ".big.partial"
+    # one gpt-oss-20b layer plus its 201088-token embeddings: a few GB, seconds of writing
+    proc = subprocess.Popen([*TRTKIT, "synth", "--quiet", "--shape", "gpt-oss-20b", "--layers", "1", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert partial.exists(), "synth never started writing"
+        time.sleep(0.5)  # inside the write
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, (proc.returncode, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert list(tmp_path.iterdir()) == []

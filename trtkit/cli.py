@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,10 +48,27 @@ class TrtkitGroup(click.Group):
     """Turns domain errors into `trtkit: error: ...` + non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context):
+        previous = _exit_on_sigterm()
         try:
             return super().invoke(ctx)
         except TrtkitError as exc:
             fail(str(exc), exc.exit_code)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signal.SIGTERM)  # SystemExit unwinds like Ctrl-C: atomic_output removes .OUT.partial
+
+
+def _exit_on_sigterm():
+    """SIGTERM (kill, a batch scheduler, mpirun) exits via SystemExit so every `finally`/`except
+    BaseException` cleanup runs, as for Ctrl-C; the default action would leave .OUT.partial behind.
+    Returns the previous handler (None when not on the main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 # synth --layers: far above any gpt-oss (24 and 36 layers); 10**8 took minutes and 14 GB of RAM just
