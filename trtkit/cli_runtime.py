@@ -92,11 +92,11 @@ def verify(reference: Path, candidate: Path, input_ids: Path | None, num_tokens:
         raise click.UsageError("--num-tokens sizes the random default ids; --input-ids gives the ids "
                                "themselves: pass one or the other")
     ref_spec = Checkpoint.open(reference).spec
+    ids = (load_input_ids(input_ids, ref_spec.vocab_size, max_length=ref_spec.max_position_embeddings)
+           if input_ids else None)
     if _same_folder(reference, candidate):
         click.echo(f"trtkit: warning: REFERENCE {reference} and CANDIDATE {candidate} are the same folder; "
                    "the check compares it with itself and passes trivially", err=True)
-    ids = (load_input_ids(input_ids, ref_spec.vocab_size, max_length=ref_spec.max_position_embeddings)
-           if input_ids else None)
     report = run_verify(reference, candidate, ids, num_tokens=num_tokens,
                         thresholds=Thresholds(max_kl=max_kl, min_top1=min_top1), emulate_w4a4=emulate_w4a4,
                         dtype=COMPUTE_DTYPES[dtype],
