@@ -52,7 +52,16 @@ def _manifest_checksum(folder: Path) -> str | None:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         return None
-    return listing_checksum(json.loads(path.read_text()).get("files", {}))
+    fix = "restore it from the converted checkpoint, or rerun trtkit convert"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise PlanError(f"{path}: not a readable JSON manifest ({e}); {fix}") from None
+    files = manifest.get("files", {}) if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in files.items()):
+        raise PlanError(f"{path}: 'files' must map file names to sha256 strings; {fix}")
+    return listing_checksum(files)
 
 
 def _folder_format(spec: ModelSpec) -> str | None:

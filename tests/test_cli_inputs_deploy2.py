@@ -1,0 +1,48 @@
+"""More bad input to `trtkit plan` and `trtkit launch`: one line naming the file or flag, a non-zero exit,
+no traceback, nothing written. Driven through the real CLI (click's runner) on real files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trtkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+INV = Path(__file__).parent / "data" / "inventories"
+
+
+def trtkit(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(res, code: int, *needles: str) -> str:
+    assert res.exit_code == code, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    err = res.stderr.strip()
+    assert err.startswith("trtkit: error: ") or err.startswith("Usage:"), err
+    if err.startswith("trtkit: error: "):
+        assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# ---- plan --model FOLDER with a damaged trtkit_manifest.json ----------------------------------------------
+
+@pytest.mark.parametrize("text, needle", [
+    ("{", "not a readable JSON manifest"),
+    ("[1]", "'files' must map file names to sha256 strings"),
+    ('{"files": [1, 2]}', "'files' must map file names to sha256 strings"),
+    ('{"files": {"a": 1}}', "'files' must map file names to sha256 strings"),
+])
+def test_plan_names_a_corrupt_checkpoint_manifest(tiny_nvfp4, tmp_path, text, needle):
+    folder = tmp_path / "nvm"
+    shutil.copytree(tiny_nvfp4, folder)
+    (folder / "trtkit_manifest.json").write_text(text)
+    res = trtkit("plan", "estimate", "--model", str(folder), "--gpu", "b200", "--tp", "1", "--batch", "8",
+                 "--isl", "512", "--osl", "128")
+    one_line_error(res, 1, f"{folder}/trtkit_manifest.json: ", needle, "rerun trtkit convert")
