@@ -61,8 +61,9 @@ class Layout:
         return f"{par} {self.moe_backend.value} {self.quant.value} kv={self.kv_dtype.value}"
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int, up_to: int | None = None) -> list[int]:
+    """Divisors of n, those <= up_to only when given (a scan to n itself is too slow for a huge n)."""
+    return [d for d in range(1, min(n, n if up_to is None else up_to) + 1) if n % d == 0]
 
 
 def check_layout(layout: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
@@ -184,7 +185,7 @@ def check_fleet(tp: int, gpus: int, gpu: GpuSpec) -> int:
 
 def instance_sizes(gpus: int, gpu: GpuSpec) -> list[int]:
     """Instance sizes a fleet of `gpus` can run: divisors of the fleet within one NVLink domain."""
-    return [d for d in _divisors(gpus) if d <= gpu.nvlink_domain]
+    return _divisors(gpus, up_to=gpu.nvlink_domain)
 
 
 def default_backend(gpu: GpuSpec, moe_tp: int, quant: QuantAlgo | None = None) -> MoeBackend:

@@ -3,7 +3,10 @@ no traceback, nothing written. Driven through the real CLI (click's runner) on r
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,14 @@ def test_plan_names_a_corrupt_checkpoint_manifest(tiny_nvfp4, tmp_path, text, ne
     res = trtkit("plan", "estimate", "--model", str(folder), "--gpu", "b200", "--tp", "1", "--batch", "8",
                  "--isl", "512", "--osl", "128")
     one_line_error(res, 1, f"{folder}/trtkit_manifest.json: ", needle, "rerun trtkit convert")
+
+
+# ---- plan --gpus HUGE: instance sizes come from the NVLink domain, not a scan up to the fleet size ---------
+
+def test_plan_with_a_huge_fleet_answers_at_once(tmp_path):
+    out = tmp_path / "plan"
+    proc = subprocess.run([sys.executable, "-m", "trtkit.cli", "plan", "--model", "gpt-oss-20b", "--gpu", "h100",
+                           "--gpus", str(10**18), "--isl", "1024", "--osl", "256", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) and (out / "balanced").is_dir()
