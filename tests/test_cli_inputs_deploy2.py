@@ -60,3 +60,17 @@ def test_plan_with_a_huge_fleet_answers_at_once(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) and (out / "balanced").is_dir()
+
+
+# ---- plan SLA flags: a finite number > 0 (nan compared false with every bound and read as an SLA) --------
+
+@pytest.mark.parametrize("flag", ["--max-ttft-ms", "--max-tpot-ms", "--min-tps-user"])
+@pytest.mark.parametrize("value, needle", [("nan", "is not a finite number"), ("inf", "is not a finite number"),
+                                           ("0", "is not in the range x>0")])
+def test_plan_sla_flags_must_be_finite_and_positive(tmp_path, flag, value, needle):
+    out = tmp_path / "plan"
+    res = trtkit("plan", "--model", "gpt-oss-20b", "--gpu", "h100", "--gpus", "8", "--isl", "1024", "--osl", "256",
+                 flag, value, "--out", str(out))
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '{flag}'" in res.stderr and needle in res.stderr, res.stderr
+    assert "Traceback" not in res.output and not out.exists()

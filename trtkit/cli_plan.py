@@ -12,8 +12,10 @@ import click
 
 from recipes.hardware import gpus
 from recipes.precision import Checkpoint, KvDtype, MoeBackend, QuantAlgo
+from trtkit.cli_runtime import FiniteFloat
 
 GPU_CHOICE = click.Choice(sorted(gpus()), case_sensitive=False)
+SLA_FLOAT = FiniteFloat(min=0, min_open=True)  # > 0 and finite: nan or inf is no SLA a deployment can meet
 
 
 def _workload_options(f):
@@ -26,11 +28,11 @@ def _workload_options(f):
 @click.option("--gpu", "gpu_key", type=GPU_CHOICE, help="GPU type (catalog: recipes/data/gpus.yaml).")
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="Fleet size in GPUs.")
 @_workload_options
-@click.option("--max-ttft-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-ttft-ms", type=SLA_FLOAT, default=None,
               help="SLA: time to first token, ms.")
-@click.option("--max-tpot-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-tpot-ms", type=SLA_FLOAT, default=None,
               help="SLA: time per output token, ms.")
-@click.option("--min-tps-user", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--min-tps-user", type=SLA_FLOAT, default=None,
               help="SLA: output tokens/s seen by each user.")
 @click.option("--target-users", type=click.IntRange(min=1), default=None,
               help="Concurrent users to serve: size the fleet (fewest GPUs).")
