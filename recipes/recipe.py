@@ -86,6 +86,12 @@ class Recipe:
         suffix = "-nvfp4" if self.checkpoint is Checkpoint.NVFP4 else ""
         return f"/models/{self.model.name}{suffix}"
 
+    @property
+    def checkpoint_hash(self) -> str | None:
+        """The folder's manifest hash, only when the recipe serves that folder itself (`model_dir`): a recipe
+        for the other checkpoint kind points at a folder still to be made, whose hash nobody knows yet."""
+        return self.model.checkpoint_hash if self.model_dir == self.model.path else None
+
 
 def options(r: Recipe) -> dict[str, Any]:
     """TensorRT-LLM LLM-API options (native keys only), as `trtllm-serve --config` reads them."""
@@ -185,7 +191,7 @@ def recipe_doc(r: Recipe) -> dict[str, Any]:
         "format": RECIPE_FORMAT,
         "profile": r.profile.value,
         "model": {"name": r.model.name, "served_name": r.served_name, "checkpoint": r.checkpoint.value,
-                  "checkpoint_path": r.model_dir, "checkpoint_hash": r.model.checkpoint_hash,
+                  "checkpoint_path": r.model_dir, "checkpoint_hash": r.checkpoint_hash,
                   "prepare": prepare, "config": model_shape(r.model.spec)},
         "gpu": {"key": r.gpu.key, "name": r.gpu.name, "arch": r.gpu.arch.value,
                 "per_instance": lay.tp, "nodes_per_instance": r.hosts, "gpus_per_node": r.gpus_per_node,

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from builder.manifest import listing_checksum
 from trtkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +76,22 @@ def test_plan_sla_flags_must_be_finite_and_positive(tmp_path, flag, value, needl
     assert res.exit_code == 2, res.output
     assert f"Invalid value for '{flag}'" in res.stderr and needle in res.stderr, res.stderr
     assert "Traceback" not in res.output and not out.exists()
+
+
+# ---- plan --model NVFP4-FOLDER --checkpoint mxfp4: the hash belongs to the folder, not to /models/NAME ------
+
+@pytest.mark.parametrize("kind", ["mxfp4", "nvfp4", None])
+def test_plan_records_a_checkpoint_hash_only_for_the_folder_it_serves(tiny_nvfp4, tmp_path, kind):
+    out = tmp_path / "plan"
+    res = trtkit("plan", "--model", str(tiny_nvfp4), "--gpu", "h100", "--gpus", "8", "--isl", "1024", "--osl", "256",
+                 "--out", str(out), *(("--checkpoint", kind) if kind else ()))
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tiny_nvfp4 / "trtkit_manifest.json").read_text())
+    models = [yaml.safe_load((p / "recipe.yaml").read_text())["model"] for p in sorted(out.iterdir()) if p.is_dir()]
+    assert models and (kind is None or {m["checkpoint"] for m in models} == {kind})
+    for m in models:
+        if m["checkpoint"] == "nvfp4":   # served from the folder itself
+            assert m["checkpoint_path"] == str(tiny_nvfp4.resolve())
+            assert m["checkpoint_hash"] == listing_checksum(manifest["files"])
+        else:                            # another folder, still to be made: no hash to promise
+            assert m["checkpoint_path"] != str(tiny_nvfp4.resolve()) and m["checkpoint_hash"] is None, m
