@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import plugins
+from builder.checkpoint import expert_format_of
 from builder.errors import TrtkitError
+from builder.spec import ModelSpec
 from deploy.bundle import read_manifest
 from deploy.select import RecipeRef
 from plugins import trtllm
+from recipes.recipe import model_shape
 
 TRTKIT_ROOT = Path(plugins.__file__).resolve().parent.parent  # the folder holding plugins/ (checkout or site-packages)
 
@@ -81,3 +84,31 @@ def check_model_dir(model_dir: Path, given: bool = False) -> None:
                           "config.json)")
     raise TrtkitError(f"{model_dir}: {what}: the checkpoint this recipe serves is not there; pass --model-dir "
                       "or copy the checkpoint")
+
+
+def model_mismatch(r: RecipeRef, model_dir: Path, given: bool = False) -> str | None:
+    """Why the checkpoint in `model_dir` is not the one recipe `r` was planned for (its expert format, or a
+    config.json fact the recipe records under model.config), as one line; None when it is."""
+    model_dir = Path(model_dir)
+    where = f"--model-dir {model_dir}" if given else str(model_dir)
+    recipe = f"recipe {r.folder / 'recipe.yaml'}"
+    spec = ModelSpec.from_dir(model_dir)
+    have, want = expert_format_of(spec.raw_config, model_dir).value, r.checkpoint
+    if have != want:
+        other = (f", or launch a recipe for the {have.upper()} one (--checkpoint {have})"
+                 if have in ("nvfp4", "mxfp4") else "")
+        return (f"{where}: holds the {have.upper()} checkpoint, but {recipe} serves the {want.upper()} one; pass "
+                f"the {want.upper()} checkpoint folder{other}")
+    shape, planned = model_shape(spec), r.doc["model"].get("config") or {}
+    for key, value in planned.items():
+        if key in shape and shape[key] != value:
+            return (f"{where}: config.json has {key}={shape[key]!r}, but {recipe} was planned for {key}={value!r} "
+                    f"(model {r.doc['model']['name']}); pass that model's checkpoint, or plan recipes for this one "
+                    f"(trtkit plan --model {model_dir})")
+    return None
+
+
+def check_model_matches(r: RecipeRef, model_dir: Path, given: bool = False) -> None:
+    why = model_mismatch(r, model_dir, given)
+    if why is not None:
+        raise TrtkitError(why)

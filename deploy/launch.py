@@ -16,7 +16,14 @@ from pathlib import Path
 from builder.errors import TrtkitError
 from builder.parallel import comm_from_env
 from deploy.bundle import BUNDLE_MANIFEST, require_intact
-from deploy.command import Launch, build_command, check_model_dir, model_dir_for
+from deploy.command import (
+    Launch,
+    build_command,
+    check_model_dir,
+    check_model_matches,
+    model_dir_for,
+    model_mismatch,
+)
 from deploy.node import read_node
 from deploy.select import choose, find_recipes, warnings
 from deploy.supervise import supervise
@@ -87,11 +94,15 @@ def decide(req: LaunchRequest, world_size: int | None, env: Mapping[str, str]) -
     recipes = find_recipes(target)
     node = read_node(req.inventory)
 
-    def present(r) -> bool:
-        return (model_dir_for(r, bundle, req.model_dir) / "config.json").is_file()
+    def present(r) -> bool:  # the recipe's checkpoint is on this machine, and is the model it was planned for
+        folder = model_dir_for(r, bundle, req.model_dir)
+        return (folder / "config.json").is_file() and model_mismatch(r, folder) is None
 
     recipe, why = choose(recipes, node, req.profile, world_size, req.checkpoint, present)
-    launch = build_command(recipe, model_dir_for(recipe, bundle, req.model_dir), req.port, world_size, env)
+    model_dir = model_dir_for(recipe, bundle, req.model_dir)
+    if (model_dir / "config.json").is_file():  # dry run and real launch alike: never serve another model
+        check_model_matches(recipe, model_dir, given=req.model_dir is not None)
+    launch = build_command(recipe, model_dir, req.port, world_size, env)
     lines = [*why, *(f"warning: {w}" for w in warnings(recipe, node)),
              f"mode: {launch.mode}" + (f" ({world_size} ranks)" if world_size else ""),
              f"model: {launch.model_dir}",

@@ -3,6 +3,7 @@ no traceback. Driven through the real CLI (click's runner) on real files."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from builder.layout import ExpertFormat
+from builder.synth import SHAPES, synth_config
 from recipes.errors import RecipeError
 from recipes.validate import validate_folder
 from trtkit.cli import main
@@ -161,7 +164,8 @@ def test_recipe_yaml_file_itself_is_accepted(tmp_path):
 def test_trtllm_serve_not_on_path(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text("{}")
+    # the release config.json of the model the recipe was planned for (launch checks it against the recipe)
+    (model / "config.json").write_text(json.dumps(synth_config(SHAPES["gpt-oss-20b"].spec(), ExpertFormat.MXFP4)))
     empty = tmp_path / "bin"
     empty.mkdir()
     res = CliRunner(env={"PATH": str(empty)}).invoke(

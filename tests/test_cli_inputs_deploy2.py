@@ -95,3 +95,56 @@ def test_plan_records_a_checkpoint_hash_only_for_the_folder_it_serves(tiny_nvfp4
             assert m["checkpoint_hash"] == listing_checksum(manifest["files"])
         else:                            # another folder, still to be made: no hash to promise
             assert m["checkpoint_path"] != str(tiny_nvfp4.resolve()) and m["checkpoint_hash"] is None, m
+
+
+# ---- launch --model-dir: the checkpoint must be the one the recipe was planned for ------------------------
+
+@pytest.fixture(scope="module")
+def bundle(tiny_mxfp4, tmp_path_factory) -> Path:
+    from deploy.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("bundle") / "engine"
+    build(tiny_mxfp4, out, BuildOptions(), log=lambda m: None)
+    return out
+
+
+def more_layers(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["num_hidden_layers"] *= 2
+    cfg["layer_types"] = cfg["layer_types"] * 2
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_launch_refuses_a_model_dir_the_recipe_was_not_planned_for(bundle, tiny_mxfp4, tmp_path, dry):
+    h100 = ("--inventory", str(INV / "h100x8.yaml"))
+    catalog = ROOT / "recipes" / "catalog" / "gpt-oss-20b" / "h100" / "1k1k_balanced"
+    cases = [
+        ((str(bundle / "recipes" / "h100" / "latency-nvfp4"), "--model-dir", str(tiny_mxfp4)),
+         (f"--model-dir {tiny_mxfp4}: holds the MXFP4 checkpoint, but recipe ", "latency-nvfp4/recipe.yaml serves "
+          "the NVFP4 one; pass the NVFP4 checkpoint folder")),
+        ((str(bundle), "--checkpoint", "mxfp4", "--model-dir", str(bundle / "checkpoint")),
+         (f"--model-dir {bundle / 'checkpoint'}: holds the NVFP4 checkpoint", "serves the MXFP4 one")),
+        ((str(bundle), "--model-dir", str(more_layers(tiny_mxfp4, tmp_path / "deeper"))),
+         ("config.json has num_hidden_layers=4, but recipe ", "was planned for num_hidden_layers=2")),
+        ((str(catalog), "--model-dir", str(tiny_mxfp4)),
+         ("config.json has num_hidden_layers=2", "1k1k_balanced/recipe.yaml was planned for num_hidden_layers=24 "
+          "(model gpt-oss-20b)")),
+    ]
+    for args, needles in cases:
+        res = trtkit("launch", *args, *h100, *(("--dry-run",) if dry else ()))
+        one_line_error(res, 1, *needles)
+
+
+def test_launch_with_a_matching_model_dir_still_runs(bundle, tiny_mxfp4):
+    for args in ((str(bundle), "--model-dir", str(tiny_mxfp4)),
+                 (str(bundle), "--checkpoint", "nvfp4", "--model-dir", str(bundle / "checkpoint")),
+                 (str(bundle),)):
+        res = trtkit("launch", *args, "--dry-run", "--inventory", str(INV / "h100x8.yaml"))
+        assert res.exit_code == 0, res.output
+    # the NVFP4 folder given without --checkpoint: an NVFP4 recipe is chosen for it
+    res = trtkit("launch", str(bundle), "--dry-run", "--inventory", str(INV / "h100x8.yaml"), "--model-dir",
+                 str(bundle / "checkpoint"))
+    assert res.exit_code == 0 and "nvfp4 via trtkit::moe" in res.stdout.split("chosen: ")[1], res.output

@@ -208,7 +208,7 @@ def test_crash_before_ready(bundle, fake_env):
 
 def test_shell_metacharacters_stay_plain_arguments(bundle, fake_env, tmp_path):
     folder = tmp_path / "evil"
-    shutil.copytree(bundle / "recipes" / "b200" / "latency", folder)
+    shutil.copytree(bundle / "recipes" / "b200" / "balanced", folder)
     doc = yaml.safe_load((folder / "recipe.yaml").read_text())
     pwned = tmp_path / "pwned"
     doc["model"]["served_name"] = f"x; touch {pwned} $(touch {pwned}) `touch {pwned}` | cat"

@@ -3,11 +3,15 @@ one GPU short is refused with the count named, a node with exactly enough is acc
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from builder.layout import ExpertFormat
+from builder.synth import SHAPES, synth_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "catalog" / "gpt-oss-120b" / "b200" / "1k1k_balanced"
@@ -20,7 +24,10 @@ def test_gpu_count_boundary(tmp_path, count, fits):
     inv.write_text(INVENTORY.read_text().replace("count: 8", f"count: {count}"))
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text("{}")  # launch only checks that the folder is a checkpoint folder
+    # the release config.json of the model the recipe was planned for (launch checks it against the recipe)
+    cfg = synth_config(SHAPES["gpt-oss-120b"].spec(), ExpertFormat.NVFP4)
+    cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "NVFP4"}  # as trtkit convert writes
+    (model / "config.json").write_text(json.dumps(cfg))
     r = subprocess.run([sys.executable, "-m", "trtkit.cli", "launch", str(RECIPE), "--dry-run", "--inventory",
                         str(inv), "--model-dir", str(model)], capture_output=True, text=True, timeout=120)
     assert (r.returncode == 0) is fits, r.stderr
