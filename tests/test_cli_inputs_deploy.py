@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import one_line_error, trtkit
 from click.testing import CliRunner
 
 from builder.layout import ExpertFormat
@@ -21,20 +22,6 @@ from trtkit.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 INV = Path(__file__).parent / "data" / "inventories"
 CATALOG_RECIPE = ROOT / "recipes" / "catalog" / "gpt-oss-20b" / "h100" / "1k1k_balanced"
-
-
-def trtkit(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(res, code: int, *needles: str) -> str:
-    assert res.exit_code == code, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    err = res.stderr.strip()
-    assert err.startswith("trtkit: error: ") and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
 
 
 # ---- inventory YAML ----------------------------------------------------------------------------------

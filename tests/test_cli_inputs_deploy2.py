@@ -11,29 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from cli_runner import one_line_error, trtkit
 
 from builder.manifest import listing_checksum
-from trtkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 INV = Path(__file__).parent / "data" / "inventories"
-
-
-def trtkit(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(res, code: int, *needles: str) -> str:
-    assert res.exit_code == code, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    err = res.stderr.strip()
-    assert err.startswith("trtkit: error: ") or err.startswith("Usage:"), err
-    if err.startswith("trtkit: error: "):
-        assert len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
 
 
 # ---- plan --model FOLDER with a damaged trtkit_manifest.json ----------------------------------------------
