@@ -146,3 +146,14 @@ def test_sigterm_during_synth_removes_partial(tmp_path):
     assert proc.returncode == 143, (proc.returncode, stderr)
     assert "Traceback" not in stderr, stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_forward_logits_file_follows_the_umask(tiny_mxfp4, tmp_path):
+    """The logits go through a private temporary file (mode 0600); the file left behind is an ordinary
+    output, readable as the user's umask says (0644 under 022)."""
+    ids, out = tmp_path / "ids.json", tmp_path / "logits.safetensors"
+    ids.write_text(json.dumps([[1, 2, 3]]))
+    r = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *TRTKIT, "forward", str(tiny_mxfp4),
+                        "--input-ids", str(ids), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_mode & 0o777 == 0o644

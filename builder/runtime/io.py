@@ -89,6 +89,12 @@ def check_logits_path(path: str | Path) -> None:
     check_creatable(path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_logits(path: str | Path, logits: torch.Tensor) -> None:
     """Write {"logits": float32 [B, T, V]} to `path` via a temporary file in the same folder."""
     path = Path(path)
@@ -100,6 +106,7 @@ def save_logits(path: str | Path, logits: torch.Tensor) -> None:
     os.close(fd)
     try:
         save_file({LOGITS_KEY: logits.float().contiguous()}, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the logits are an ordinary output file
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
