@@ -310,15 +310,16 @@ def _layer_types(cfg: dict[str, Any], layers: int, source: str) -> tuple[str, ..
 def _rope_from_config(cfg: dict[str, Any], source: str) -> RopeSpec:
     params = cfg.get("rope_parameters")
     legacy = cfg.get("rope_scaling")
-    if isinstance(params, dict) and params:
+    for key, value in (("rope_parameters", params), ("rope_scaling", legacy)):
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{source}: field {key!r} is {_shown(value)}; expected a JSON object "
+                                  "(YaRN parameters) or null; correct it in config.json")
+    if params:
         rope = ConfigFields(params, source, "rope_parameters.")
         theta = rope.get("rope_theta", default=None)
         if theta is None:
             theta = ConfigFields(cfg, source).get("rope_theta", default=None)
     else:
-        if legacy is not None and not isinstance(legacy, dict):
-            raise CheckpointError(f"{source}: field 'rope_scaling' is {_shown(legacy)}; expected a JSON object "
-                                  "(YaRN parameters) or null; correct it in config.json")
         rope = ConfigFields(legacy or {}, source, "rope_scaling.")
         theta = ConfigFields(cfg, source).get("rope_theta", default=None)
     if theta is None:

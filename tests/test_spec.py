@@ -144,3 +144,15 @@ def test_optional_fields_accept_null_as_unset():
     spec = ModelSpec.from_config(cfg)
     assert (spec.head_dim, spec.sliding_window, spec.num_key_value_heads) == (45, 128, 64)
     assert spec.rms_norm_eps == 1.0 and isinstance(spec.rms_norm_eps, float)
+
+
+@pytest.mark.parametrize("key, value", [("rope_parameters", [1]), ("rope_parameters", "yarn"),
+                                        ("rope_scaling", 32.0)])
+def test_rope_objects_must_be_objects(key, value):
+    """A non-object rope_parameters was ignored (the legacy rope_scaling read instead): now named and refused."""
+    cfg = release_20b_config()
+    cfg[key] = value
+    with pytest.raises(CheckpointError) as info:
+        ModelSpec.from_config(cfg, "ckpt/config.json")
+    assert str(info.value) == (f"ckpt/config.json: field {key!r} is {json.dumps(value)}; expected a JSON object "
+                               "(YaRN parameters) or null; correct it in config.json")
