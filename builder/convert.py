@@ -145,7 +145,7 @@ def convert(src: Path, out: Path, *, scope: str = "experts", force: bool = False
     copy, skipped = aux_files(src)
     check_free_space(out, sum(s.nbytes for s in shards) + sum(p.stat().st_size for p in copy))
 
-    with one_torch_thread(), atomic_output(out, force, comm, keep=src) as tmp:
+    with one_torch_thread(), atomic_output(out, force, comm) as tmp:
         # the source checksum hashes the rows as they are read: the source is read once
         ckpt.digests = TensorDigests()
         produce = _Producer(ckpt, input_scales)

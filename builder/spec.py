@@ -15,18 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import CheckpointError, UnsupportedArchitecture
+from builder.numbers import finite
 
 SUPPORTED_ARCHITECTURES = ("GptOssForCausalLM",)
 SUPPORTED_MODEL_TYPES = ("gpt_oss",)
 LAYER_TYPES = ("sliding_attention", "full_attention")
 MX_BLOCK = 32  # MXFP4 block along the input dimension; hidden and intermediate must be multiples
-
-
-def _finite(v: float) -> bool:
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # a JSON integer beyond the float range
-        return False
 
 
 @dataclass(frozen=True)
@@ -41,7 +35,7 @@ class Kind:
 
 POSITIVE_INT = Kind("a positive JSON integer (no quotes, no fraction)", (int,), lambda v: v > 0)
 POSITIVE_NUMBER = Kind("a finite JSON number > 0 (no quotes)", (int, float),
-                       lambda v: _finite(v) and v > 0, float)
+                       lambda v: finite(v) and v > 0, float)
 BOOLEAN = Kind("true or false (no quotes)", (bool,))
 
 # config.json fields (and the keys of rope_scaling / rope_parameters) -> what each must be

@@ -141,12 +141,10 @@ def check_apart(src: Path, out: Path) -> None:
 
 
 @contextmanager
-def atomic_output(out: Path, force: bool, comm: Comm, keep: Path | None = None) -> Iterator[Path]:
-    """Yield a fresh hidden folder beside `out`; rename it to `out` only if the block succeeds. keep: an
-    input folder (SRC) that `out` must stay apart from (`check_apart`)."""
+def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
+    """Yield a fresh hidden folder beside `out`; rename it to `out` only if the block succeeds. Commands that
+    read a SRC folder call `check_apart(src, out)` first."""
     out = Path(out)
-    if keep is not None:
-        check_apart(keep, out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory; remove it or choose another OUT")
     if out.is_dir() and any(out.iterdir()) and not force:

@@ -15,7 +15,7 @@ from builder.calibrate import calibration_data, collect_amax, input_scales
 from builder.convert import convert
 from builder.parallel import SerialComm
 from builder.spec import ModelSpec
-from builder.writer import atomic_output
+from builder.writer import atomic_output, check_apart
 from deploy.bundle import (
     VERIFICATION_REPORT,
     BundleError,
@@ -71,8 +71,9 @@ def preflight(src: Path, opts: BuildOptions) -> None:
 def build(src: Path, out: Path, opts: BuildOptions, log: Callable[[str], None] = print) -> dict:
     """Build the bundle; return its manifest. Raises BundleError when verification fails."""
     src, out = Path(src), Path(out)
+    check_apart(src, out)  # --force must never replace a folder holding the source
     preflight(src, opts)
-    with atomic_output(out, opts.force, SerialComm(), keep=src) as tmp:
+    with atomic_output(out, opts.force, SerialComm()) as tmp:
         ckpt = tmp / "checkpoint"
         data = calibration_data(src, input_ids=opts.calib_input_ids, text_file=opts.calib_text)
         log(f"[1/5] calibrating on {data.num_tokens} tokens ({data.source})")

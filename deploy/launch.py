@@ -6,7 +6,6 @@ all ranks start the same command (`trtllm-llmapi-launch trtllm-serve ...`, ranks
 
 from __future__ import annotations
 
-import math
 import shlex
 import shutil
 from collections.abc import Callable, Mapping
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import TrtkitError
+from builder.numbers import finite
 from builder.parallel import comm_from_env
 from deploy.bundle import BUNDLE_MANIFEST, require_intact
 from deploy.command import (
@@ -60,8 +60,7 @@ class LaunchRequest:
     verify_weights: bool = False  # hash the weight shards too (default: sizes only; hashing takes minutes)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.ready_timeout_s, (int, float)) and math.isfinite(self.ready_timeout_s)
-                and self.ready_timeout_s > 0):
+        if not (finite(self.ready_timeout_s) and self.ready_timeout_s > 0):
             raise LaunchUsageError(f"--ready-timeout {self.ready_timeout_s}: must be a finite number of seconds "
                                    f"> 0 (default {DEFAULT_READY_TIMEOUT_S:.0f})")
 

@@ -6,7 +6,6 @@ driver and CUDA versions, and the multi-node environment (IMEX channels, /dev/sh
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from builder.errors import TrtkitError
+from builder.numbers import finite
 
 # GPU product names -> catalog keys, most specific first ("GB200" contains "B200").
 GPU_KEYS = (("GB200", "gb200"), ("B200", "b200"), ("H200", "h200"), ("H100", "h100"))
@@ -161,7 +161,7 @@ def _capability(v: Any) -> str:
 
 
 def _number(v: Any, minimum: float, strict: bool, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if not finite(v):
         raise ValueError(f"{v!r} must be a number of {what}")
     if v < minimum or (strict and v == minimum):
         raise ValueError(f"{v!r} must be {'>' if strict else '>='} {minimum:g} {what}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from builder.numbers import finite
 from builder.spec import ModelSpec
 from plugins import trtllm
 from recipes.errors import LayoutError, RecipeError
@@ -151,7 +151,7 @@ def load(folder: Path, name: str) -> Any:
 
 
 def _fraction(v: Any) -> str | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1
+    ok = finite(v) and 0 < v <= 1
     return None if ok else f"{v!r} must be a number in (0, 1]"
 
 

@@ -51,6 +51,7 @@ def test_unquoted_compute_capability_is_the_number_it_looks_like(tmp_path):
     (GOOD_GPU.replace("79.6", "lots"), "", "gpu.memory_gb: 'lots' must be a number of GB"),
     (GOOD_GPU.replace("79.6", "-80"), "", "gpu.memory_gb: -80 must be > 0 GB"),
     (GOOD_GPU.replace("79.6", ".nan"), "", "gpu.memory_gb: nan must be a number of GB"),
+    (GOOD_GPU.replace("79.6", "1" + "0" * 400), "", "gpu.memory_gb: 1000"),  # beyond float: OverflowError before
     (GOOD_GPU.replace("}", ", mig: 'no'}"), "", "gpu.mig: 'no' must be true or false (unquoted)"),
     (GOOD_GPU.replace("nvlink_links: 18", "nvlink_links: 1.5"), "", "gpu.nvlink_links: 1.5 must be a whole number"),
     (GOOD_GPU.replace("memory_gb", "memory_GB"), "", "gpu.memory_GB: unknown field"),
