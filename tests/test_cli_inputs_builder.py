@@ -6,32 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-TRTKIT = [sys.executable, "-m", "trtkit.cli"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*TRTKIT, *args], capture_output=True, text=True, timeout=300)
-
-
-def usage_error(r: subprocess.CompletedProcess) -> str:
-    """click's usage error: exit 2, no traceback, the reason on the last line."""
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    return r.stderr.strip().splitlines()[-1]
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    """A domain error: exit 1, exactly one line `trtkit: error: ...` on stderr."""
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trtkit: error: "), r.stderr
-    return lines[0]
+from cli_runner import error_line, run_cli, usage_error
 
 
 @pytest.fixture
@@ -94,7 +72,7 @@ def test_convert_refuses_mistyped_config_field(src, tmp_path, field, value):
     cfg[field] = value
     (src / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "out"
-    line = one_line_error(run_cli("convert", "--quiet", str(src), str(out)))
+    line = error_line(run_cli("convert", "--quiet", str(src), str(out)))
     assert f"{src / 'config.json'}: field '{field}' is {json.dumps(value)}; expected" in line, line
     assert not out.exists()
 
@@ -110,7 +88,7 @@ def test_malformed_index_is_named(src, tmp_path, weight_map, fragment):
     data["weight_map"] = weight_map if isinstance(weight_map, list) else {**data["weight_map"], **weight_map}
     index.write_text(json.dumps(data))
     out = tmp_path / "out"
-    line = one_line_error(run_cli("convert", "--quiet", str(src), str(out)))
+    line = error_line(run_cli("convert", "--quiet", str(src), str(out)))
     assert line.startswith(f"trtkit: error: {index}: ") and fragment in line and "regenerate" in line, line
     assert not out.exists()
 
@@ -129,7 +107,7 @@ def test_out_under_a_file_cannot_be_created(tiny_mxfp4, tmp_path, kind):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     out = blocker / "out"
-    line = one_line_error(run_cli(*_commands(kind, tiny_mxfp4, tmp_path, out)))
+    line = error_line(run_cli(*_commands(kind, tiny_mxfp4, tmp_path, out)))
     assert line == f"trtkit: error: cannot create OUT {out}: {blocker} is a file, not a directory; choose another OUT"
     assert blocker.read_text() == "not a folder"
 
@@ -139,13 +117,13 @@ def test_out_under_a_file_cannot_be_created(tiny_mxfp4, tmp_path, kind):
 def test_out_where_nothing_can_be_created(tiny_mxfp4, tmp_path, kind):
     """/proc/self exists and is a directory, but takes no new entries (root included): not 'out of disk space'."""
     out = Path("/proc/self/trtkit-out")
-    line = one_line_error(run_cli(*_commands(kind, tiny_mxfp4, tmp_path, out)))
+    line = error_line(run_cli(*_commands(kind, tiny_mxfp4, tmp_path, out)))
     assert line.startswith(f"trtkit: error: cannot create OUT {out}: /proc/self does not accept new files ("), line
     assert line.endswith("); choose another OUT") and "disk space" not in line
 
 
 def test_forward_out_is_a_directory(tiny_mxfp4, tmp_path):
-    line = one_line_error(run_cli(*_commands("forward", tiny_mxfp4, tmp_path, tmp_path)))
+    line = error_line(run_cli(*_commands("forward", tiny_mxfp4, tmp_path, tmp_path)))
     assert line == (f"trtkit: error: {tmp_path}: is a directory; pass a file name for the logits, e.g. "
                     f"{tmp_path / 'logits.safetensors'}")
 

@@ -6,23 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-
-TRTKIT = [sys.executable, "-m", "trtkit.cli"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*TRTKIT, *args], capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
-    """A domain error: exit 1, exactly one line `trtkit: error: ...` on stderr."""
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trtkit: error: "), r.stderr
-    return lines[0]
+from cli_runner import TRTKIT, error_line, run_cli, usage_error
 
 
 # ---- convert --calibrate --calib-input-ids: the same checked reader as forward --input-ids ---------
@@ -38,17 +24,10 @@ def test_calib_input_ids_bad_file_is_one_line_naming_it(tiny_mxfp4, tmp_path, co
     ids = tmp_path / "calib_ids.json"
     ids.write_bytes(content)
     out = tmp_path / "out"
-    line = one_line_error(run_cli("convert", "--quiet", "--calibrate", "--calib-input-ids", str(ids),
+    line = error_line(run_cli("convert", "--quiet", "--calibrate", "--calib-input-ids", str(ids),
                                   str(tiny_mxfp4), str(out)))
     assert str(ids) in line and reason in line, line
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
-
-
-def usage_error(r: subprocess.CompletedProcess) -> str:
-    """click's usage error: exit 2, no traceback, the reason on the last line."""
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    return r.stderr.strip().splitlines()[-1]
 
 
 # ---- verify --num-tokens is bounded (no overflow, no multi-GB id tensor) -------------------------
@@ -101,7 +80,7 @@ def test_input_ids_longer_than_max_positions(tiny_mxfp4, tmp_path, command):
             "verify": ["verify", str(tiny_mxfp4), str(tiny_mxfp4), "--input-ids", str(ids)],
             "convert": ["convert", "--quiet", "--calibrate", "--calib-input-ids", str(ids), str(tiny_mxfp4),
                         str(out)]}[command]
-    line = one_line_error(run_cli(*args))
+    line = error_line(run_cli(*args))
     assert str(ids) in line and "5000 ids" in line and "max_position_embeddings 4096" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long_ids.json"]
 
