@@ -122,12 +122,19 @@ def check_recipe_doc(path: Path, doc: Any) -> dict:
     if not isinstance(doc, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping (format, profile, model, gpu, layout, ...); "
                           f"{REGENERATE}")
-    for dotted, (rule, required) in RECIPE_FIELDS.items():
+    if problem := _first_problem(doc, RECIPE_FIELDS):
+        raise RecipeError(f"{path}: {problem}; {REGENERATE}")
+    return doc
+
+
+def _first_problem(doc: dict, table: dict) -> str | None:
+    """'dotted.field: why' for the first field of `table` ({dotted: (rule, required)}) that `doc` breaks."""
+    for dotted, (rule, required) in table.items():
         value = _get(doc, dotted)
         why = ("missing" if required else None) if value is _ABSENT else rule(value)
         if why:
-            raise RecipeError(f"{path}: {dotted}: {why}; {REGENERATE}")
-    return doc
+            return f"{dotted}: {why}"
+    return None
 
 
 def read_yaml(path: Path) -> Any:
@@ -184,11 +191,8 @@ def check_options(folder: Path, opts: Any, doc: dict) -> None:
             raise _fail(folder, OPTIONS_FILE, f"{key}={val!r} must be >= {0 if key in ZERO_OK else 1}")
         if key in NESTED_KEYS and set(val) - NESTED_KEYS[key]:
             raise _fail(folder, OPTIONS_FILE, f"{key} has unknown keys {sorted(set(val) - NESTED_KEYS[key])}")
-    for dotted, (rule, required) in NESTED_RULES.items():
-        value = _get(opts, dotted)
-        why = ("missing" if required else None) if value is _ABSENT else rule(value)
-        if why:
-            raise _fail(folder, OPTIONS_FILE, f"{dotted}: {why}")
+    if problem := _first_problem(opts, NESTED_RULES):
+        raise _fail(folder, OPTIONS_FILE, problem)
     tp, ep, mtp = opts["tensor_parallel_size"], opts["moe_expert_parallel_size"], opts["moe_tensor_parallel_size"]
     if ep * mtp != tp:
         raise _fail(folder, OPTIONS_FILE, f"moe_expert_parallel_size {ep} x moe_tensor_parallel_size {mtp} "
