@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from builder.errors import TrtkitError
 from builder.numbers import finite
+from recipes.validate import read_yaml
 
 # GPU product names -> catalog keys, most specific first ("GB200" contains "B200").
 GPU_KEYS = (("GB200", "gb200"), ("B200", "b200"), ("H200", "h200"), ("H100", "h100"))
@@ -238,14 +237,7 @@ def _inventory_gpus(path: Path, data: dict) -> tuple[Gpu, ...]:
 def from_inventory(path: Path) -> Node:
     """A node from YAML: `gpus: [..]` or `gpu: {..}` + `count: N`, versions, optional `env`; every field
     checked against the tables above (NodeError naming the file and field)."""
-    from recipes.validate import yaml_error
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise NodeError(yaml_error(path, exc)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NodeError(f"{path}: cannot read the inventory ({exc}); pass an existing YAML file") from None
+    data = read_yaml(path, NodeError, "pass an existing inventory YAML file")
     top = _fields(path, "", data, NODE_FIELDS)
     gpus = _inventory_gpus(path, top)
     env = NodeEnv(**_fields(path, "env", top.get("env") or {}, ENV_FIELDS))

@@ -137,14 +137,14 @@ def _first_problem(doc: dict, table: dict) -> str | None:
     return None
 
 
-def read_yaml(path: Path) -> Any:
-    """One YAML document through safe_load; RecipeError naming the file on any failure."""
+def read_yaml(path: Path, error: type[Exception] = RecipeError, fix: str = REGENERATE) -> Any:
+    """One YAML document through safe_load; `error` naming the file (and `fix` when unreadable) on any failure."""
     try:
         return yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
-        raise RecipeError(yaml_error(path, exc)) from None
+        raise error(yaml_error(path, exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); {REGENERATE}") from None
+        raise error(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); {fix}") from None
 
 
 def _fail(folder: Path, name: str, why: str) -> RecipeError:
