@@ -199,6 +199,11 @@ class ModelSpec:
             raise UnsupportedArchitecture(
                 f"{source}: unsupported architecture {found}; supported: "
                 f"{', '.join(SUPPORTED_ARCHITECTURES)} (model_type {', '.join(SUPPORTED_MODEL_TYPES)})")
+        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:  # loaders pick the class by it
+            raise UnsupportedArchitecture(
+                f"{source}: model_type {_shown(model_type)} contradicts architectures {','.join(archs)}; "
+                f"gpt-oss configs say model_type \"{SUPPORTED_MODEL_TYPES[0]}\" (transformers and TensorRT-LLM "
+                "choose the model class by it); correct config.json")
 
         f = ConfigFields(cfg, source)
         layers = f.get("num_hidden_layers")

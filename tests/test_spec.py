@@ -156,3 +156,16 @@ def test_rope_objects_must_be_objects(key, value):
         ModelSpec.from_config(cfg, "ckpt/config.json")
     assert str(info.value) == (f"ckpt/config.json: field {key!r} is {json.dumps(value)}; expected a JSON object "
                                "(YaRN parameters) or null; correct it in config.json")
+
+
+def test_model_type_must_agree_with_the_architecture():
+    """transformers' AutoConfig (and TensorRT-LLM) pick the class by model_type: 'llama' beside
+    GptOssForCausalLM would load another model, so it is refused rather than ignored."""
+    cfg = release_20b_config()
+    cfg["model_type"] = "llama"
+    with pytest.raises(UnsupportedArchitecture) as info:
+        ModelSpec.from_config(cfg, "ckpt/config.json")
+    assert str(info.value).startswith('ckpt/config.json: model_type "llama" contradicts architectures '
+                                      'GptOssForCausalLM; gpt-oss configs say model_type "gpt_oss"')
+    del cfg["model_type"]
+    assert ModelSpec.from_config(cfg).num_hidden_layers == 24  # absent is fine: the architecture says it
