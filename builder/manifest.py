@@ -82,12 +82,27 @@ def write_manifest(out: Path, manifest: dict) -> None:
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+MANIFEST_FIX = "restore it from the converted checkpoint, or rerun trtkit convert"
+
+
+def manifest_files(path: Path, error: type[Exception] = CheckpointError) -> dict[str, str]:
+    """A trtkit_manifest.json's {file: sha256} listing, checked; `error` naming the file when it is not one."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise error(f"{path}: not a readable JSON manifest ({e}); {MANIFEST_FIX}") from None
+    files = manifest.get("files", {}) if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise error(f"{path}: 'files' must map file names to sha256 strings; {MANIFEST_FIX}")
+    return files
+
+
 def verify_manifest(folder: Path) -> list[str]:
     """Re-hash every file the manifest lists; return the problems (empty when intact)."""
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; this folder was not written by trtkit convert")
-    files = json.loads(path.read_text())["files"]
+    files = manifest_files(path)
     problems = []
     for name, digest in files.items():
         p = folder / name

@@ -93,11 +93,15 @@ def write_shards(folder: Path, shards: list[Shard], produce: Callable[[TensorSpe
     return hashes
 
 
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def guard_disk(fn: Callable[[], str], folder: Path) -> str:
     try:
         return fn()
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc):
             free = shutil.disk_usage(folder).free
             raise OutputError(f"{folder}: out of disk space while writing ({free / 1e9:.2f} GB free); "
                               "free space or choose an OUT on a larger filesystem") from exc

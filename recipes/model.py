@@ -7,13 +7,12 @@ memory model and the checkpoint on disk cannot disagree.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from builder.layout import ExpertFormat, TensorSpec, checkpoint_tensors, dense_layer_tensors, expert_tensors
-from builder.manifest import MANIFEST_NAME, listing_checksum
+from builder.manifest import MANIFEST_NAME, listing_checksum, manifest_files
 from builder.spec import ModelSpec
 from builder.synth import SHAPES
 from recipes.errors import PlanError
@@ -50,18 +49,7 @@ def _manifest_checksum(folder: Path) -> str | None:
     """sha256 over the file listing of a trtkit manifest; None for a folder without one (never hashed
     here: reading a 60 GB checkpoint takes minutes)."""
     path = folder / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    fix = "restore it from the converted checkpoint, or rerun trtkit convert"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise PlanError(f"{path}: not a readable JSON manifest ({e}); {fix}") from None
-    files = manifest.get("files", {}) if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                              for k, v in files.items()):
-        raise PlanError(f"{path}: 'files' must map file names to sha256 strings; {fix}")
-    return listing_checksum(files)
+    return listing_checksum(manifest_files(path, PlanError)) if path.is_file() else None
 
 
 def _folder_format(spec: ModelSpec) -> str | None:

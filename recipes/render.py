@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from builder.errors import OutputError
 from builder.parallel import SerialComm
-from builder.writer import atomic_output
+from builder.writer import atomic_output, is_disk_full
 from recipes.k8s import dynamo_yaml, lws_yaml
 from recipes.launch import serve_sh, slurm_sbatch
 from recipes.plot import plot_frontier
@@ -72,7 +71,7 @@ def write_plan(result: SearchResult, out: Path, force: bool) -> tuple[dict[Profi
 
 
 def _unwritable(out: Path, exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_disk_full(exc):
         return (f"{out}: out of disk space while writing the plan; nothing was written: free space or choose "
                 "another --out")
     where = f": {exc.filename}" if exc.filename else ""
