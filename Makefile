@@ -47,8 +47,10 @@ bench: setup-test
 	$(BIN)/python bench/run.py
 
 # The plugin kernels on one NVIDIA H100/H200 (BENCHMARKS.md, issue 6): a CUDA build of torch + triton.
+# Then BENCHMARKS.md's MoE decode rows and the planner's recomputed TRTKIT_SPEED from that JSON.
 bench-gpu: setup-test
 	$(BIN)/python bench/bench_gpu.py --out build/bench_gpu.json
+	$(BIN)/python bench/moe_table.py build/bench_gpu.json
 
 # The MoE GEMMs compiled for sm_90 on this machine (no GPU): K-loop SASS per weight, pipelined loads,
 # for the k_major storage and its spread form.

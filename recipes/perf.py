@@ -14,17 +14,18 @@ All functions accept numpy arrays for the token counts (the search evaluates a b
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
 
 from builder.spec import ModelSpec
 from recipes.calibration import Efficiency, efficiency
-from recipes.hardware import Compute, GpuSpec
+from recipes.hardware import Compute, GpuSpec, gpu
 from recipes.layout import Layout
 from recipes.memory import kv_bytes_per_token, kv_heads_per_rank, weight_bytes
-from recipes.model import model_bytes, model_flops
-from recipes.precision import BACKEND_SPEED
+from recipes.model import model_bytes, model_flops, resolve_model
+from recipes.precision import BACKEND_SPEED, KvDtype, MoeBackend, QuantAlgo
 
 BF16 = 2  # bytes
 
@@ -164,3 +165,19 @@ class PerfModel:
         out["fixed_ms"] = float(self.fixed(seqs)) * 1e3
         out["total_ms"] = float(self.iteration(dec, pre, ctx, isl)) * 1e3
         return out
+
+
+# One GPU running the plugin: how bench/bench_gpu.py times the MoE layers the prior is fitted to.
+PLUGIN_BENCH_LAYOUT = Layout(1, 1, False, MoeBackend.TRTKIT, QuantAlgo.W4A16_NVFP4, KvDtype.FP8)
+
+
+def plugin_speed_prior(points, gpu_key: str = "h100") -> float:
+    """The TRTKIT entry of BACKEND_SPEED from measured MoE decode points [(model, batch, us per layer)]
+    (BENCHMARKS.md's graph-timed table): the median over the points of the model's per-layer MoE time at
+    speed 1.0 divided by the measured time."""
+    ratios = []
+    for model, batch, us in points:
+        pm = PerfModel(resolve_model(model).spec, gpu(gpu_key), PLUGIN_BENCH_LAYOUT)
+        at_speed_1 = float(pm.moe(batch).seconds) * pm.moe_scale / pm.layers * 1e6
+        ratios.append(at_speed_1 / us)
+    return statistics.median(ratios)

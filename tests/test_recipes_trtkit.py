@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +19,9 @@ import yaml
 from plugins import trtllm
 from recipes.errors import RecipeError
 from recipes.hardware import gpu
-from recipes.layout import Layout
 from recipes.memory import Workload
 from recipes.model import resolve_model
-from recipes.perf import PerfModel
+from recipes.perf import plugin_speed_prior
 from recipes.precision import TRTKIT_SPEED, Checkpoint, KvDtype, MoeBackend, QuantAlgo
 from recipes.render import recipes_of, write_recipe
 from recipes.search import PlanRequest, Profile, search
@@ -43,13 +41,51 @@ def measured_moe_decode() -> list[tuple[str, int, float]]:
 def test_trtkit_speed_prior_is_the_median_of_the_measured_table():
     rows = measured_moe_decode()
     assert len(rows) == 8, rows
-    lay = Layout(1, 1, False, MoeBackend.TRTKIT, QuantAlgo.W4A16_NVFP4, KvDtype.FP8)
-    ratios = []
-    for model, batch, us in rows:
-        pm = PerfModel(resolve_model(model).spec, gpu("h100"), lay)
-        unscaled = float(pm.moe(batch).seconds) * TRTKIT_SPEED / pm.layers * 1e6  # the model at speed 1.0
-        ratios.append(unscaled / us)
-    assert statistics.median(ratios) == pytest.approx(TRTKIT_SPEED, rel=0.05), ratios
+    assert plugin_speed_prior(rows) == pytest.approx(TRTKIT_SPEED, rel=0.05), rows
+
+
+def test_speed_prior_follows_the_measurements():
+    """Twice as slow measured -> half the prior; the ratio is taken against the model at speed 1.0."""
+    rows = measured_moe_decode()
+    slower = [(m, b, 2 * us) for m, b, us in rows]
+    assert plugin_speed_prior(slower) == pytest.approx(plugin_speed_prior(rows) / 2, rel=1e-9)
+
+
+def bench_json(tmp_path: Path, storages: dict[str, float]) -> Path:
+    """A bench_gpu.py --out JSON holding the measured table's points, timed x factor per storage."""
+    moe = {}
+    for storage, factor in storages.items():
+        moe["rows" if storage == "kmajor" else "spread_rows"] = [
+            {"shape": m, "batch": b, "active_experts": 4.0, "weight_mb": 56.0, "us_graph": us * factor,
+             "us_eager": 2 * us * factor, "weight_gb_s": 1000, "frac_copy_bw": 0.5,
+             **({"us_dequant_baseline": 4000} if storage == "kmajor" else {})}
+            for m, b, us in measured_moe_decode()]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"machine": {"gpu": "H100"}, "ceilings": {"copy_gb_s": 3000.0}, "moe": moe}))
+    return path
+
+
+def test_moe_table_renders_the_rows_and_prior_the_test_reads(tmp_path):
+    """bench/moe_table.py turns a GPU run into BENCHMARKS.md rows this test file parses, and the prior."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"),
+                          str(bench_json(tmp_path, {"kmajor": 1.0, "spread": 0.5})), "--storage", "spread"],
+                         capture_output=True, text=True, check=True)
+    rows = re.findall(r"^\| (gpt-oss-\d+b) \| (\d+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|", run.stdout, re.M)
+    want = [(m, b, us * 0.5) for m, b, us in measured_moe_decode()]
+    assert [(m, int(b)) for m, b, _ in rows] == [(m, b) for m, b, _ in want]
+    assert [float(us) for *_, us in rows] == pytest.approx([us for *_, us in want], abs=0.051)
+    prior = float(re.search(r"TRTKIT_SPEED = ([\d.]+)", run.stdout).group(1))
+    assert prior == pytest.approx(plugin_speed_prior(want), abs=0.005)
+    assert prior == pytest.approx(2 * TRTKIT_SPEED, rel=0.05)  # twice as fast as the table measured
+    assert "| kmajor us |" in run.stdout and "| 4000 |" in run.stdout  # the other storage and the baseline
+
+
+def test_moe_table_names_a_storage_the_run_did_not_time(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"),
+                          str(bench_json(tmp_path, {"kmajor": 1.0})), "--storage", "spread"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "spread_rows" in run.stderr and "--storage spread" in run.stderr
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,79 @@
+"""BENCHMARKS.md's MoE decode table and the planner's speed prior from one `bench_gpu.py --out` JSON.
+
+    python bench/moe_table.py build/bench_gpu.json [--storage kmajor|spread] [--json]
+
+Prints the markdown rows for the storage the plugin serves with (`plugins.trtllm.STORAGES[0]` unless
+--storage says otherwise), the other storage's graph time and bandwidth fraction beside them, and
+`TRTKIT_SPEED` recomputed from those rows (`recipes.perf.plugin_speed_prior`, the median of the model's
+prediction over the measured time, the number tests/test_recipes_trtkit.py checks against the table).
+Runs on any machine: it only reads the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plugins.trtllm import STORAGES  # noqa: E402
+from recipes.perf import plugin_speed_prior  # noqa: E402
+
+ROW_KEYS = {"kmajor": "rows", "spread": "spread_rows"}  # bench_gpu's JSON lists, by storage
+HEADER = ("| shape | batch | experts hit | weight MB | us (graph) | us (eager) | GB/s | of copy BW "
+          "| {other} us | {other} of copy BW | baseline us | speed-up (eager) |")
+
+
+def rows_by_point(result: dict, storage: str) -> dict[tuple[str, int], dict]:
+    """(shape, batch) -> the JSON row of one storage; a clear error when the run did not time it."""
+    moe = result.get("moe")
+    if not isinstance(moe, dict) or not moe.get(ROW_KEYS[storage]):
+        raise SystemExit(f"moe_table: the JSON has no '{ROW_KEYS[storage]}' under 'moe' ({storage} storage "
+                         f"not timed); rerun bench_gpu.py with --only moe --storage {storage}")
+    return {(r["shape"], r["batch"]): r for r in moe[ROW_KEYS[storage]]}
+
+
+def table(result: dict, storage: str) -> tuple[list[str], float]:
+    """Markdown lines (header, rule, one row per point) and the speed prior fitted to them."""
+    main = rows_by_point(result, storage)
+    other_storage = next(s for s in ROW_KEYS if s != storage)
+    other = rows_by_point(result, other_storage) if result["moe"].get(ROW_KEYS[other_storage]) else {}
+    base = rows_by_point(result, "kmajor") if result["moe"].get("rows") else {}  # the baseline was timed there
+    lines = [HEADER.format(other=other_storage), "|" + "---|" * 12]
+    for (shape, batch), r in main.items():
+        o, b = other.get((shape, batch)), base.get((shape, batch), {}).get("us_dequant_baseline")
+        cells = [shape, batch, f"{r['active_experts']:g}", f"{r['weight_mb']:.1f}", f"{r['us_graph']:.1f}",
+                 f"{r['us_eager']:.1f}", r["weight_gb_s"], f"**{r['frac_copy_bw']:.2f}**",
+                 f"{o['us_graph']:.1f}" if o else "-", f"{o['frac_copy_bw']:.2f}" if o else "-",
+                 b if b is not None else "-", f"{b / r['us_eager']:.1f}x" if b is not None else "-"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    prior = plugin_speed_prior([(s, n, r["us_graph"]) for (s, n), r in main.items()])
+    return lines, prior
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("result", type=Path, help="bench_gpu.py --out JSON")
+    ap.add_argument("--storage", choices=sorted(ROW_KEYS), default=STORAGES[0],
+                    help="the storage the table reports (default: the plugin's default storage)")
+    ap.add_argument("--json", action="store_true", help="print {lines, trtkit_speed} as JSON")
+    args = ap.parse_args()
+    try:
+        result = json.loads(args.result.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"moe_table: cannot read {args.result}: {exc}; pass the file bench_gpu.py --out wrote")
+    lines, prior = table(result, args.storage)
+    c = result.get("ceilings", {})
+    if args.json:
+        print(json.dumps({"storage": args.storage, "lines": lines, "trtkit_speed": round(prior, 3),
+                          "copy_gb_s": c.get("copy_gb_s"), "machine": result.get("machine")}))
+        return
+    print(f"<!-- {result.get('machine')}; copy {c.get('copy_gb_s')} GB/s; storage {args.storage} -->")
+    print("\n".join(lines))
+    print(f"\nrecipes.precision.TRTKIT_SPEED = {prior:.2f}  (median predicted / measured over {len(lines) - 2} rows)")
+
+
+if __name__ == "__main__":
+    main()
