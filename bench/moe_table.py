@@ -63,7 +63,7 @@ def main() -> None:
     try:
         result = json.loads(args.result.read_text())
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"moe_table: cannot read {args.result}: {exc}; pass the file bench_gpu.py --out wrote")
+        raise SystemExit(f"moe_table: cannot read {args.result}: {exc}; pass the file bench_gpu.py --out wrote") from None
     lines, prior = table(result, args.storage)
     c = result.get("ceilings", {})
     if args.json:

@@ -136,3 +136,12 @@ def test_forward_logits_file_follows_the_umask(tiny_mxfp4, tmp_path):
                         "--input-ids", str(ids), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+# ---- synth --seed: the generators take 0 .. 2**63 - 1; outside, two seeds would silently give one checkpoint --
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_synth_refuses_a_seed_the_generators_would_wrap(tmp_path, seed):
+    out = tmp_path / "ckpt"
+    r = run_cli("synth", "--quiet", "--seed", seed, str(out))
+    assert "Invalid value for '--seed'" in usage_error(r) and not out.exists()

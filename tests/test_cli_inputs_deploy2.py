@@ -14,6 +14,7 @@ import yaml
 from cli_runner import one_line_error, trtkit
 
 from builder.manifest import listing_checksum
+from trtkit.cli_plan import MAX_GPUS
 
 ROOT = Path(__file__).resolve().parents[1]
 INV = Path(__file__).parent / "data" / "inventories"
@@ -38,13 +39,20 @@ def test_plan_names_a_corrupt_checkpoint_manifest(tiny_nvfp4, tmp_path, text, ne
 
 # ---- plan --gpus HUGE: instance sizes come from the NVLink domain, not a scan up to the fleet size ---------
 
-def test_plan_with_a_huge_fleet_answers_at_once(tmp_path):
+def test_plan_with_the_largest_fleet_answers_at_once(tmp_path):
     out = tmp_path / "plan"
     proc = subprocess.run([sys.executable, "-m", "trtkit.cli", "plan", "--model", "gpt-oss-20b", "--gpu", "h100",
-                           "--gpus", str(10**18), "--isl", "1024", "--osl", "256", "--out", str(out), "--json"],
+                           "--gpus", str(MAX_GPUS), "--isl", "1024", "--osl", "256", "--out", str(out), "--json"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) and (out / "balanced").is_dir()
+
+
+def test_plan_refuses_a_fleet_beyond_any_cluster(tmp_path):
+    res = trtkit("plan", "--model", "gpt-oss-20b", "--gpu", "h100", "--gpus", str(10**18), "--isl", "1024",
+                 "--osl", "256", "--out", str(tmp_path / "plan"))
+    assert res.exit_code == 2 and "Invalid value for '--gpus'" in res.stderr, res.output
+    assert f"1<=x<={MAX_GPUS}" in res.stderr and not (tmp_path / "plan").exists()
 
 
 # ---- plan SLA flags: a finite number > 0 (nan compared false with every bound and read as an SLA) --------

@@ -22,7 +22,7 @@ from recipes.hardware import gpu
 from recipes.memory import Workload
 from recipes.model import resolve_model
 from recipes.perf import plugin_speed_prior
-from recipes.precision import TRTKIT_SPEED, Checkpoint, KvDtype, MoeBackend, QuantAlgo
+from recipes.precision import TRTKIT_SPEED, Checkpoint, MoeBackend
 from recipes.render import recipes_of, write_recipe
 from recipes.search import PlanRequest, Profile, search
 from recipes.validate import validate_folder

@@ -91,7 +91,8 @@ def _progress_enabled(quiet: bool, rank: int) -> bool:
               help="Named size: tiny (embedded default) or the released gpt-oss shapes.")
 @click.option("--layers", type=click.IntRange(min=1, max=MAX_SYNTH_LAYERS), default=None,
               help=f"Cut (or stretch) the model to N layers, 1 to {MAX_SYNTH_LAYERS} (gpt-oss has 24 or 36).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of every tensor's generators (0 to 2**63 - 1).")
 @click.option("--experts", "experts_format", type=click.Choice(["mxfp4", "bf16"]), default="mxfp4",
               show_default=True, help="mxfp4: the released layout; bf16: as transformers saves it.")
 @click.option("--max-shard-gb", type=SHARD_GB, default=5.0, show_default=True,

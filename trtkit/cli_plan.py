@@ -15,6 +15,7 @@ from recipes.precision import Checkpoint, KvDtype, MoeBackend, QuantAlgo
 from trtkit.cli_runtime import FiniteFloat
 
 GPU_CHOICE = click.Choice(sorted(gpus()), case_sensitive=False)
+MAX_GPUS = 1 << 20  # a fleet beyond any cluster; larger is a typo (an extra digit or two)
 SLA_FLOAT = FiniteFloat(min=0, min_open=True)  # > 0 and finite: nan or inf is no SLA a deployment can meet
 
 
@@ -26,7 +27,8 @@ def _workload_options(f):
 @click.group("plan", invoke_without_command=True)
 @click.option("--model", "model_name", help="gpt-oss-20b | gpt-oss-120b | a gpt-oss checkpoint folder.")
 @click.option("--gpu", "gpu_key", type=GPU_CHOICE, help="GPU type (catalog: recipes/data/gpus.yaml).")
-@click.option("--gpus", type=click.IntRange(min=1), default=None, help="Fleet size in GPUs.")
+@click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None,
+              help=f"Fleet size in GPUs (1 to {MAX_GPUS}).")
 @_workload_options
 @click.option("--max-ttft-ms", type=SLA_FLOAT, default=None,
               help="SLA: time to first token, ms.")
