@@ -124,16 +124,20 @@ def test_split_k_and_small_tiles_match():
     assert_float32_matches_reference(SHAPES["decode-2tok-e32-k4-padded"], "nvfp4", 3, SPLIT_K_CONFIG)
 
 
-@pytest.mark.parametrize("n,e,k,one_program", [
-    (1, 4, 1, True), (7, 8, 2, True), (32, 128, 4, True),      # decode batches: one program
-    (1, 4, 1, False), (7, 8, 2, False), (32, 128, 4, False),   # the same through route + align
-    (64, 32, 4, False), (256, 16, 4, False)])
-def test_route_and_sort(n, e, k, one_program, monkeypatch):
+@pytest.mark.parametrize("n,e,k,one_program,skew", [
+    (1, 4, 1, True, 0), (7, 8, 2, True, 0), (32, 128, 4, True, 0),      # decode batches: one program
+    (1, 4, 1, False, 0), (7, 8, 2, False, 0), (32, 128, 4, False, 0),   # the same through route + align
+    (64, 32, 4, False, 0), (256, 16, 4, False, 0),
+    # every token picks experts 0..skew-1: their groups fill whole blocks exactly (16 and 32 rows), the
+    # edge where a pair placed one slot late would land in the next expert's block
+    (16, 8, 1, True, 1), (16, 8, 2, True, 2), (32, 8, 2, True, 2), (32, 8, 2, False, 2), (64, 4, 2, True, 1)])
+def test_route_and_sort(n, e, k, one_program, skew, monkeypatch):
     """Both routing paths (one program up to FUSED_ROUTE_MAX_PAIRS pairs, else route + align)."""
     monkeypatch.setattr(fused, "FUSED_ROUTE_MAX_PAIRS", fused.FUSED_ROUTE_MAX_PAIRS if one_program else 0)
     assert (n * k <= fused.FUSED_ROUTE_MAX_PAIRS) == one_program
     g = torch.Generator().manual_seed(n * 100 + e)
     logits = torch.randn(n, e, generator=g)
+    logits[:, :skew] += 100.0 * torch.arange(skew, 0, -1)                 # expert 0 first, then 1, ...
     block_m = 16
     weights, ids, (sorted_ids, block_expert, total) = fused.route_and_sort(logits, k, block_m)
     top, chosen = torch.topk(logits, k, dim=-1)
