@@ -130,13 +130,17 @@ def test_split_k_and_small_tiles_match():
     (64, 32, 4, False, 0), (256, 16, 4, False, 0),
     # every token picks experts 0..skew-1: their groups fill whole blocks exactly (16 and 32 rows), the
     # edge where a pair placed one slot late would land in the next expert's block
-    (16, 8, 1, True, 1), (16, 8, 2, True, 2), (32, 8, 2, True, 2), (32, 8, 2, False, 2), (64, 4, 2, True, 1)])
-def test_route_and_sort(n, e, k, one_program, skew, monkeypatch):
-    """Both routing paths (one program up to FUSED_ROUTE_MAX_PAIRS pairs, else route + align)."""
+    (16, 8, 1, True, 1), (16, 8, 2, True, 2), (32, 8, 2, True, 2), (32, 8, 2, False, 2), (64, 4, 2, True, 1),
+    # expert counts that are not a power of two (the kernels pad the expert axis), both paths
+    (5, 6, 2, True, 0), (5, 6, 2, False, 0), (40, 12, 4, False, 0)])
+@pytest.mark.parametrize("logit_scale", [1.0, 100.0])  # 100: exp of the raw logits would overflow float32
+def test_route_and_sort(n, e, k, one_program, skew, logit_scale, monkeypatch):
+    """Both routing paths (one program up to FUSED_ROUTE_MAX_PAIRS pairs, else route + align). Logits are
+    all negative (an expert column of the padding must never win) or spread far past exp's float32 range."""
     monkeypatch.setattr(fused, "FUSED_ROUTE_MAX_PAIRS", fused.FUSED_ROUTE_MAX_PAIRS if one_program else 0)
     assert (n * k <= fused.FUSED_ROUTE_MAX_PAIRS) == one_program
     g = torch.Generator().manual_seed(n * 100 + e)
-    logits = torch.randn(n, e, generator=g)
+    logits = torch.randn(n, e, generator=g) * logit_scale - 10.0
     logits[:, :skew] += 100.0 * torch.arange(skew, 0, -1)                 # expert 0 first, then 1, ...
     block_m = 16
     weights, ids, (sorted_ids, block_expert, total) = fused.route_and_sort(logits, k, block_m)
