@@ -14,7 +14,13 @@ import torch.nn.functional as F
 
 from plugins.attention.reference import attention as reference_attention
 from plugins.moe.experts import ExpertWeights, Router
-from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat, reference_moe_from_logits
+from plugins.moe.tensors import (
+    MoeTensors,
+    ProjectionTensors,
+    WeightFormat,
+    check_moe_inputs,
+    reference_moe_from_logits,
+)
 
 NAMESPACE = "trtkit"
 OPS = ("moe", "attention")
@@ -41,6 +47,7 @@ def moe_op(x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor,
     layouts of plugins.moe.tensors) -> [N, H] in x's dtype. Reference implementation."""
     t = _moe_tensors(gate_up, gate_up_scale, gate_up_global_scale, gate_up_bias, down, down_scale,
                      down_global_scale, down_bias, weight_format)
+    check_moe_inputs(x, router_logits, t, top_k)
     out = reference_moe_from_logits(x, router_logits, t.to_weights(), top_k, swiglu_limit, swiglu_alpha)
     return out.contiguous()
 
@@ -60,10 +67,7 @@ def _moe_fake(x, router_logits, gate_up, gate_up_scale, gate_up_global_scale, ga
               down_scale, down_global_scale, down_bias, weight_format, top_k, swiglu_limit, swiglu_alpha):
     t = _moe_tensors(gate_up, gate_up_scale, gate_up_global_scale, gate_up_bias, down, down_scale,
                      down_global_scale, down_bias, weight_format)
-    if x.ndim != 2 or x.shape[1] != t.gate_up.in_features or router_logits.shape != (
-            x.shape[0], t.gate_up.num_experts):
-        raise ValueError(f"trtkit::moe: x {tuple(x.shape)} and router_logits {tuple(router_logits.shape)} "
-                         f"do not fit experts of hidden size {t.gate_up.in_features}")
+    check_moe_inputs(x, router_logits, t, top_k)
     return x.new_empty(x.shape)
 
 

@@ -23,12 +23,11 @@ import triton.language as tl
 from plugins.moe import e2m1_spread
 from plugins.moe import triton_formats as F
 from plugins.moe import triton_kernels as K
-from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
+from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat, check_moe_inputs
 
 _TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 _FMT = {WeightFormat.BF16: (F.FMT_BF16, 32), WeightFormat.MXFP4: (F.FMT_MXFP4, 32),
         WeightFormat.NVFP4: (F.FMT_NVFP4, 16), WeightFormat.NVFP4_SPREAD: (F.FMT_NVFP4_SPREAD, 16)}
-MAX_TOP_K = 8
 _ALIGN_BLOCK = 128    # lanes of the single align program
 FUSED_ROUTE_MAX_PAIRS = 128  # (token, slot) pairs routed and sorted by one program (decode batches)
 # (routing rows, combine rows, combine columns) per program: the interpreter pays per program, not per lane
@@ -97,18 +96,6 @@ def config_for(cfg: MoeConfig, t: MoeTensors) -> MoeConfig:
 
 def _small_blocks(device: torch.device) -> tuple[int, int, int]:
     return _SMALL_BLOCKS["cuda" if device.type == "cuda" else "interpreter"]
-
-
-def _check(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int) -> None:
-    n, h = x.shape if x.ndim == 2 else (None, None)
-    e = t.gate_up.num_experts
-    if x.ndim != 2 or x.dtype not in _TL_DTYPE or h != t.gate_up.in_features:
-        raise ValueError(f"fused_moe: x must be [N, {t.gate_up.in_features}] bf16/fp16/fp32, got "
-                         f"{x.dtype} {tuple(x.shape)}")
-    if tuple(logits.shape) != (n, e):
-        raise ValueError(f"fused_moe: router logits {tuple(logits.shape)} must be [N, E] = [{n}, {e}]")
-    if not 1 <= top_k <= min(e, MAX_TOP_K):
-        raise ValueError(f"fused_moe: top_k={top_k} must be in [1, min(E={e}, {MAX_TOP_K})]")
 
 
 def _weight_args(p: ProjectionTensors) -> tuple:
@@ -205,7 +192,7 @@ def route_and_sort(logits: torch.Tensor, top_k: int, block_m: int):
 def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, limit: float = 7.0,
               alpha: float = 1.702, config: MoeConfig | None = None) -> torch.Tensor:
     """x [N, H], router logits [N, E] -> [N, H] in x's dtype (see the module docstring)."""
-    _check(x, logits, t, top_k)
+    check_moe_inputs(x, logits, t, top_k)
     x = x.contiguous()
     n, h = x.shape
     nk = n * top_k

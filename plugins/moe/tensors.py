@@ -13,6 +13,7 @@ A projection is (format, weight, scale, global_scale) in the checkpoint's own la
 
 `reference_moe_from_logits` is the plain-torch MoE given router logits (what the op receives); it runs
 the same steps as `plugins.moe.reference.moe` after its router matmul, so both agree bit for bit.
+`check_moe_inputs` is the one check of the activations, logits and top_k that every implementation runs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class WeightFormat(str, Enum):
 
 
 _NVFP4_FORMATS = (WeightFormat.NVFP4, WeightFormat.NVFP4_SPREAD)
+MAX_TOP_K = 8  # experts a token may be routed to (the routing kernel keeps them in registers)
+ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 ROW_ALIGN = 16  # bytes: rows of the FP4 codes and block scales start on this boundary (`aligned_rows`)
 
 
@@ -166,6 +169,28 @@ class MoeTensors:
     def to_weights(self) -> ExpertWeights:
         return ExpertWeights(self.gate_up.to_experts(), self.gate_up_bias, self.down.to_experts(),
                              self.down_bias)
+
+
+def check_moe_inputs(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int) -> None:
+    """x [N, H] and router logits [N, E] that fit the experts t, and a top_k they can route; one
+    ValueError naming the first argument that does not (every implementation of trtkit::moe calls this)."""
+    e, h = t.gate_up.num_experts, t.gate_up.in_features
+    n = x.shape[0] if x.ndim == 2 else "N"
+    dtypes = "/".join(str(d).removeprefix("torch.") for d in ACTIVATION_DTYPES)
+    devices = {"x": x.device, "router logits": logits.device, "experts": t.gate_up.weight.device}
+    problems = {
+        f"x must be [N, {h}] {dtypes}, got {x.dtype} {tuple(x.shape)}":
+            x.ndim != 2 or x.shape[1] != h or x.dtype not in ACTIVATION_DTYPES,
+        f"router logits {tuple(logits.shape)} {logits.dtype} must be [N, E] = [{n}, {e}] floats "
+        "(a row per token of x, a column per expert)":
+            tuple(logits.shape) != (n, e) or not logits.is_floating_point(),
+        f"top_k={top_k} must be in [1, min(E={e}, {MAX_TOP_K})]": not 1 <= top_k <= min(e, MAX_TOP_K),
+        "x, router logits and experts must be on one device, got "
+        + ", ".join(f"{k} on {d}" for k, d in devices.items()): len(set(devices.values())) > 1,
+    }
+    bad = [msg for msg, failed in problems.items() if failed]
+    if bad:
+        raise ValueError(f"moe: {bad[0]}")
 
 
 def reference_moe_from_logits(x: torch.Tensor, logits: torch.Tensor, experts: ExpertWeights, top_k: int,
