@@ -61,3 +61,11 @@ def test_moe_rejects_bad_inputs_on_every_path(case, path):
     x, logits, t = moe_inputs()
     with pytest.raises(ValueError, match=message):
         run(*change(x, logits, t, 2))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("path", [p for p, _ in moe_paths()])
+def test_moe_of_no_tokens_is_empty(path, fmt):
+    x, logits, t = moe_inputs(fmt)
+    out = dict(moe_paths())[path](x[:0], logits[:0], t, 2)
+    assert out.shape == (0, H) and out.dtype == x.dtype

@@ -195,6 +195,8 @@ def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, 
     check_moe_inputs(x, logits, t, top_k)
     x = x.contiguous()
     n, h = x.shape
+    if n == 0:  # no tokens: nothing to route (the kernels need at least one row)
+        return torch.empty_like(x)
     nk = n * top_k
     cfg = config_for(config or default_config(nk, t.gate_up.num_experts, x.device), t)
     weights, _, sorting = route_and_sort(logits, top_k, cfg.block_m)
