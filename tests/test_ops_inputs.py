@@ -12,23 +12,27 @@ from test_custom_ops import layer
 
 import plugins.ops as ops
 from plugins.moe.fused import fused_moe
-from plugins.moe.tensors import MoeTensors
+from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
 
 N, H, E = 6, 64, 4
 
 
 def moe_paths():
-    """(name, call(x, logits, t, top_k)) for every implementation of trtkit::moe reachable on CPU."""
-    def op(x, logits, t, k):
-        return torch.ops.trtkit.moe(x, logits, *ops.moe_op_args(t), k, 7.0, 1.702)
+    """(name, call(x, logits, args, top_k)) for every implementation of trtkit::moe reachable on CPU; args
+    are the op's expert arguments (`ops.moe_op_args`)."""
+    def op(x, logits, args, k):
+        return torch.ops.trtkit.moe(x, logits, *args, k, 7.0, 1.702)
 
-    def fake(x, logits, t, k):
+    def fake(x, logits, args, k):
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         with FakeTensorMode(allow_non_fake_inputs=True):
-            return op(x, logits, t, k)
+            return op(x, logits, args, k)
 
-    return [("op", op), ("fake", fake), ("fused", lambda x, logits, t, k: fused_moe(x, logits, t, k))]
+    def fused(x, logits, args, k):   # what the op's CUDA implementation runs
+        return fused_moe(x, logits, ops._moe_tensors(*args), k)
+
+    return {"op": op, "fake": fake, "fused": fused}
 
 
 def moe_inputs(fmt: str = "mxfp4"):
@@ -53,19 +57,85 @@ MOE_BAD = {  # name: (change to (x, logits, t, top_k), message)
 }
 
 
-@pytest.mark.parametrize("path", [p for p, _ in moe_paths()])
+@pytest.mark.parametrize("path", list(moe_paths()))
 @pytest.mark.parametrize("case", list(MOE_BAD))
 def test_moe_rejects_bad_inputs_on_every_path(case, path):
     change, message = MOE_BAD[case]
-    run = dict(moe_paths())[path]
-    x, logits, t = moe_inputs()
+    x, logits, t, k = change(*moe_inputs(), 2)
     with pytest.raises(ValueError, match=message):
-        run(*change(x, logits, t, 2))
+        moe_paths()[path](x, logits, ops.moe_op_args(t), k)
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "mxfp4", "nvfp4"])
-@pytest.mark.parametrize("path", [p for p, _ in moe_paths()])
+@pytest.mark.parametrize("path", list(moe_paths()))
 def test_moe_of_no_tokens_is_empty(path, fmt):
     x, logits, t = moe_inputs(fmt)
-    out = dict(moe_paths())[path](x[:0], logits[:0], t, 2)
+    out = moe_paths()[path](x[:0], logits[:0], ops.moe_op_args(t), 2)
     assert out.shape == (0, H) and out.dtype == x.dtype
+
+
+# ---- expert tensors (plugins.moe.tensors): checked when built, so every path refuses them alike -------
+def _swap(t: MoeTensors, proj: str, **fields) -> MoeTensors:
+    """t with some fields of its gate_up or down projection replaced, built again (and so checked)."""
+    p = getattr(t, proj)
+    new = ProjectionTensors(fields.get("fmt", p.fmt), fields.get("weight", p.weight), fields.get("scale", p.scale),
+                            fields.get("global_scale", p.global_scale))
+    return MoeTensors(new, t.gate_up_bias, t.down, t.down_bias) if proj == "gate_up" else \
+        MoeTensors(t.gate_up, t.gate_up_bias, new, t.down_bias)
+
+
+def _half_last(s: torch.Tensor) -> torch.Tensor:
+    return s[..., :s.shape[-1] // 2]
+
+
+PROJECTION_BAD = {  # name: (format, proj, fields(projection) -> replaced fields, message)
+    "mxfp4 scale of half the blocks": ("mxfp4", "gate_up", lambda p: dict(scale=_half_last(p.scale)),
+                                       r"mxfp4 projection: scale must be torch.uint8 \[E, out, in/32\] = \(4, 64, 2\), got torch.uint8 \(4, 64, 1\)"),
+    "mxfp4 scale of fewer experts": ("mxfp4", "down", lambda p: dict(scale=p.scale[:3]), r"scale must be .* = \(4, 64, 1\)"),
+    "mxfp4 scale e4m3": ("mxfp4", "down", lambda p: dict(scale=p.scale.view(torch.float8_e4m3fn)),
+                         r"scale must be torch.uint8 .*got torch.float8_e4m3fn"),
+    "mxfp4 blocks of 8 bytes": ("mxfp4", "gate_up", lambda p: dict(weight=p.weight[..., :8]),
+                                r"mxfp4 projection: weight must be torch.uint8 \[E, out, in/32, 16\], got torch.uint8 \(4, 64, 2, 8\)"),
+    "nvfp4 scale of half the rows": ("nvfp4", "gate_up", lambda p: dict(scale=p.scale[:, :2]),
+                                     r"nvfp4 projection: scale must be torch.float8_e4m3fn \[E, in/16, out\] = \(4, 4, 64\)"),
+    "nvfp4 scale uint8": ("nvfp4", "down", lambda p: dict(scale=p.scale.view(torch.uint8)),
+                          r"scale must be torch.float8_e4m3fn .*got torch.uint8"),
+    "nvfp4 scale bf16": ("nvfp4", "down", lambda p: dict(scale=p.scale.to(torch.bfloat16)), r"got torch.bfloat16"),
+    "nvfp4 weight 2-d": ("nvfp4", "down", lambda p: dict(weight=p.weight[0]), r"weight must be torch.uint8 \[E, in/2, out\]"),
+    "nvfp4 global_scale of 4": ("nvfp4", "gate_up", lambda p: dict(global_scale=p.global_scale.repeat(4)),
+                                r"global_scale must be a torch.float32 scalar, got torch.float32 \(4,\)"),
+    "nvfp4 global_scale bf16": ("nvfp4", "gate_up", lambda p: dict(global_scale=p.global_scale.bfloat16()),
+                                r"global_scale must be a torch.float32 scalar, got torch.bfloat16"),
+    "nvfp4_spread of 32 inputs": ("nvfp4", "down", lambda p: dict(fmt=WeightFormat.NVFP4_SPREAD),
+                                  r"nvfp4_spread projection: 32 inputs must be a multiple of 64"),
+    "bf16 int weight": ("bf16", "down", lambda p: dict(weight=p.weight.to(torch.int32)),
+                        r"bf16 projection: weight must be \[E, in, out\] floats, got torch.int32"),
+    "scale on another device": ("nvfp4", "down", lambda p: dict(scale=p.scale.to("meta")),
+                                r"scale and global_scale must be on the weight's device cpu, got meta, cpu"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROJECTION_BAD))
+def test_projection_tensors_reject_bad_layouts(case):
+    fmt, proj, fields, message = PROJECTION_BAD[case]
+    _, _, t = moe_inputs(fmt)
+    with pytest.raises(ValueError, match=message):
+        _swap(t, proj, **fields(getattr(t, proj)))
+
+
+@pytest.mark.parametrize("path", list(moe_paths()))
+def test_moe_op_rejects_a_bad_scale_on_every_path(path):
+    """The op's tensors are checked before any path runs: the CPU path used to fail deep in the decoder,
+    the Triton one read past the scale tensor."""
+    x, logits, t = moe_inputs("nvfp4")
+    args = list(ops.moe_op_args(t))
+    args[1] = args[1][:, :2]                                          # gate_up_scale of half the rows
+    with pytest.raises(ValueError, match=r"nvfp4 projection: scale must be"):
+        moe_paths()[path](x, logits, args, 2)
+
+
+def test_moe_tensors_reject_a_bias_on_another_device():
+    _, _, t = moe_inputs("nvfp4")
+    with pytest.raises(ValueError, match=r"MoE tensors must be on one device: .*down_bias on meta"):
+        MoeTensors(t.gate_up, t.gate_up_bias, t.down, t.down_bias.to("meta"))
+

@@ -36,6 +36,26 @@ class WeightFormat(str, Enum):
 
 
 _NVFP4_FORMATS = (WeightFormat.NVFP4, WeightFormat.NVFP4_SPREAD)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One row of the table above, as `ProjectionTensors` checks it."""
+
+    weight: str                             # the weight's layout, for messages
+    ndim: int
+    in_multiple: int                        # in_features must be a multiple of this
+    scale: str | None = None                # the block scales' layout, for messages
+    scale_dtype: torch.dtype | None = None
+
+
+_LAYOUTS = {
+    WeightFormat.BF16: _Layout("[E, in, out] floats", 3, 1),
+    WeightFormat.MXFP4: _Layout("torch.uint8 [E, out, in/32, 16]", 4, 32, "[E, out, in/32]", torch.uint8),
+    WeightFormat.NVFP4: _Layout("torch.uint8 [E, in/2, out]", 3, 16, "[E, in/16, out]", torch.float8_e4m3fn),
+    WeightFormat.NVFP4_SPREAD: _Layout("torch.uint8 [E, in/2, out]", 3, e2m1_spread.TAIL, "[E, in/16, out]",
+                                       torch.float8_e4m3fn),
+}
 MAX_TOP_K = 8  # experts a token may be routed to (the routing kernel keeps them in registers)
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 ROW_ALIGN = 16  # bytes: rows of the FP4 codes and block scales start on this boundary (`aligned_rows`)
@@ -71,8 +91,29 @@ class ProjectionTensors:
                              f"{'given' if needs_scale else 'None'}")
         if (self.fmt in _NVFP4_FORMATS) != (self.global_scale is not None):
             raise ValueError(f"{self.fmt.value} projection: global_scale is required for nvfp4 only")
-        if self.fmt is not WeightFormat.BF16 and self.weight.dtype != torch.uint8:
-            raise ValueError(f"{self.fmt.value} projection: weight must be uint8, got {self.weight.dtype}")
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """Shapes, dtypes and device as `_LAYOUTS` says: the kernels index these tensors unchecked."""
+        fmt, w, s, gs, layout = self.fmt, self.weight, self.scale, self.global_scale, _LAYOUTS[self.fmt]
+        what = f"{fmt.value} projection"
+        dtype_ok = w.is_floating_point() if fmt is WeightFormat.BF16 else w.dtype == torch.uint8
+        if w.ndim != layout.ndim or not dtype_ok or (fmt is WeightFormat.MXFP4 and w.shape[-1] != 16):
+            raise ValueError(f"{what}: weight must be {layout.weight}, got {w.dtype} {tuple(w.shape)}")
+        if self.in_features % layout.in_multiple:
+            raise ValueError(f"{what}: {self.in_features} inputs must be a multiple of {layout.in_multiple}"
+                             + ("; keep such a layer in nvfp4 (k_major(spread=False))"
+                                if fmt is WeightFormat.NVFP4_SPREAD else ""))
+        if s is not None and (s.dtype != layout.scale_dtype or tuple(s.shape) != self.scale_shape):
+            raise ValueError(f"{what}: scale must be {layout.scale_dtype} {layout.scale} = {self.scale_shape}, "
+                             f"got {s.dtype} {tuple(s.shape)}")
+        if gs is not None and (gs.dtype != torch.float32 or gs.numel() != 1):
+            raise ValueError(f"{what}: global_scale must be a torch.float32 scalar, got {gs.dtype} "
+                             f"{tuple(gs.shape)}")
+        others = [x.device for x in (s, gs) if x is not None]
+        if any(d != w.device for d in others):
+            raise ValueError(f"{what}: scale and global_scale must be on the weight's device {w.device}, got "
+                             + ", ".join(map(str, others)))
 
     @property
     def num_experts(self) -> int:
@@ -87,6 +128,14 @@ class ProjectionTensors:
     @property
     def out_features(self) -> int:
         return self.weight.shape[1] if self.fmt is WeightFormat.MXFP4 else self.weight.shape[2]
+
+    @property
+    def scale_shape(self) -> tuple[int, ...] | None:
+        """The block scales' shape these weights need (None: BF16, no scales)."""
+        w = self.weight
+        return {WeightFormat.BF16: None, WeightFormat.MXFP4: tuple(w.shape[:3]),
+                WeightFormat.NVFP4: (w.shape[0], self.in_features // 16, w.shape[2]),
+                WeightFormat.NVFP4_SPREAD: (w.shape[0], self.in_features // 16, w.shape[2])}[self.fmt]
 
     @property
     def nbytes(self) -> int:
@@ -156,6 +205,11 @@ class MoeTensors:
         bad = [f"{k}: {got} != {exp}" for k, (got, exp) in want.items() if got != exp]
         if bad:
             raise ValueError("MoE tensors do not form one layer: " + "; ".join(bad))
+        devices = {"gate_up": self.gate_up.weight.device, "gate_up_bias": self.gate_up_bias.device,
+                   "down": self.down.weight.device, "down_bias": self.down_bias.device}
+        if len(set(devices.values())) > 1:
+            raise ValueError("MoE tensors must be on one device: "
+                             + ", ".join(f"{k} on {d}" for k, d in devices.items()))
 
     @classmethod
     def from_weights(cls, w: ExpertWeights) -> MoeTensors:
