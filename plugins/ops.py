@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from plugins.attention.reference import attention as reference_attention
+from plugins.attention.reference import check_attention
 from plugins.moe.experts import ExpertWeights, Router
 from plugins.moe.tensors import (
     MoeTensors,
@@ -89,6 +90,7 @@ def _attention_cuda(q, k, v, sinks, sm_scale, sliding_window, q_start):
 
 @attention_op.register_fake
 def _attention_fake(q, k, v, sinks, sm_scale, sliding_window, q_start):
+    check_attention(q, k, v, sinks, sm_scale, sliding_window, q_start)
     return q.new_empty(q.shape, dtype=v.dtype)
 
 

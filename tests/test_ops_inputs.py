@@ -8,9 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_custom_ops import layer
+from test_custom_ops import attention_inputs, layer
 
 import plugins.ops as ops
+from plugins.attention import attention as attention_reference
+from plugins.attention.fused import attention as fused_attention
 from plugins.moe.fused import fused_moe
 from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat
 
@@ -139,3 +141,62 @@ def test_moe_tensors_reject_a_bias_on_another_device():
     with pytest.raises(ValueError, match=r"MoE tensors must be on one device: .*down_bias on meta"):
         MoeTensors(t.gate_up, t.gate_up_bias, t.down, t.down_bias.to("meta"))
 
+
+# ---- attention ---------------------------------------------------------------------------------------
+def attention_paths():
+    """(name, call(q, k, v, sinks, **kw)) for every implementation of trtkit::attention reachable on CPU."""
+    def fake(*args, **kw):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            return ops.attention(*args, **kw)
+
+    return {"reference": attention_reference, "op": ops.attention, "fake": fake, "fused": fused_attention}
+
+
+KW = dict(sm_scale=0.25, sliding_window=None, q_start=7)   # q [2, 5, 4, 16] at 7..11, k/v [2, 12, 2, 16]
+
+
+def _kv(hkv: int) -> dict:
+    return dict(k=torch.randn(2, 12, hkv, 16), v=torch.randn(2, 12, hkv, 16))
+
+
+ATTENTION_BAD = {  # name: (replaced arguments, message)
+    "Hkv 3 does not divide Hq 4": (_kv(3), r"do not form a GQA problem"),
+    "Hkv 0": (_kv(0), r"do not form a GQA problem"),
+    "q 3-d": (dict(q=torch.randn(5, 4, 16)), r"q \(5, 4, 16\), k \(2, 12, 2, 16\), v \(2, 12, 2, 16\) must be "
+                                               r"\[B, T, Hq, D\] and \[B, S, Hkv, D\]"),
+    "sinks of Hkv": (dict(sinks=torch.randn(2)), r"sinks \(2,\) torch.float32 must be \[Hq\] = \[4\]"),
+    "sinks [1, Hq]": (dict(sinks=torch.randn(1, 4)), r"sinks \(1, 4\) torch.float32 must be \[Hq\] = \[4\]"),
+    "sinks 0-d": (dict(sinks=torch.tensor(0.5)), r"sinks \(\) torch.float32 must be \[Hq\]"),
+    "sinks int": (dict(sinks=torch.zeros(4, dtype=torch.int64)), r"sinks \(4,\) torch.int64 must be \[Hq\] = \[4\] floats"),
+    "sliding_window 0": (dict(sliding_window=0), r"sliding_window=0 must be None or >= 1"),
+    "sliding_window -3": (dict(sliding_window=-3), r"sliding_window=-3 must be None or >= 1"),
+    "sm_scale 0": (dict(sm_scale=0.0), r"sm_scale=0.0 must be a positive finite float"),
+    "sm_scale negative": (dict(sm_scale=-0.25), r"sm_scale=-0.25 must be"),
+    "sm_scale nan": (dict(sm_scale=float("nan")), r"sm_scale=nan must be"),
+    "q_start negative": (dict(q_start=-1), r"queries at positions -1..3"),
+    "q_start past the cache": (dict(q_start=8), r"queries at positions 8..12 need keys up to there, but k has 12"),
+    "sinks on another device": (dict(sinks=torch.randn(4, device="meta")),
+                                r"q, k, v and sinks must be on one device, got q on cpu, k on cpu, v on cpu, "
+                                r"sinks on meta"),
+    "k and v on another device": (dict(k=torch.randn(2, 12, 2, 16, device="meta"),
+                                       v=torch.randn(2, 12, 2, 16, device="meta")), r"k on meta, v on meta"),
+}
+
+
+@pytest.mark.parametrize("path", list(attention_paths()))
+@pytest.mark.parametrize("case", list(ATTENTION_BAD))
+def test_attention_rejects_bad_inputs_on_every_path(case, path):
+    change, message = ATTENTION_BAD[case]
+    args = dict(zip("q k v sinks".split(), attention_inputs(), strict=True)) | KW | change
+    with pytest.raises(ValueError, match=message):
+        attention_paths()[path](args.pop("q"), args.pop("k"), args.pop("v"), args.pop("sinks"), **args)
+
+
+def test_attention_kernel_names_the_tensor_without_a_unit_stride():
+    q, k, v, sinks = attention_inputs()
+    k = k.transpose(-1, -2).contiguous().transpose(-1, -2)
+    with pytest.raises(ValueError, match=r"attention kernel: k has stride 2 on the head dimension; the kernels "
+                                         r"need 1 \(pass k.contiguous\(\)\)"):
+        fused_attention(q, k, v, sinks, **KW)

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from plugins.attention import triton_kernels as K
-from plugins.attention.reference import check_gqa
+from plugins.attention.reference import check_attention
 
 _TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 DECODE_MAX_ROWS = 64   # T * G up to this many rows runs the decode kernel
@@ -47,20 +47,19 @@ def f32_bits(x: float) -> int:
     return struct.unpack("<i", struct.pack("<f", x))[0]
 
 
-def _check(q, k, v, sinks, sliding_window, q_start) -> None:
-    check_gqa(q, k, v, q_start)
-    hq, d = q.shape[2], q.shape[3]
+def _check(q, k, v, sinks, sm_scale, sliding_window, q_start) -> None:
+    """`check_attention`, then what the kernels add: one dtype, a power-of-two head_dim, unit last strides."""
+    check_attention(q, k, v, sinks, sm_scale, sliding_window, q_start)
+    d = q.shape[3]
     if q.dtype not in _TL_DTYPE or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"attention kernel: q, k, v must share one of {list(_TL_DTYPE)}, got "
                          f"{q.dtype}, {k.dtype}, {v.dtype}")
     if d < 16 or d > 256 or d & (d - 1):
         raise ValueError(f"attention kernel: head_dim {d} must be a power of two in [16, 256]")
-    if tuple(sinks.shape) != (hq,):
-        raise ValueError(f"attention: sinks {tuple(sinks.shape)} must be [Hq] = [{hq}]")
-    if sliding_window is not None and sliding_window < 1:
-        raise ValueError(f"attention: sliding_window={sliding_window} must be None or >= 1")
-    if any(x.stride(-1) != 1 for x in (q, k, v)):
-        raise ValueError("attention kernel: q, k, v need a unit stride on the head dimension")
+    for name, x in {"q": q, "k": k, "v": v}.items():
+        if x.stride(-1) != 1:
+            raise ValueError(f"attention kernel: {name} has stride {x.stride(-1)} on the head dimension; "
+                             f"the kernels need 1 (pass {name}.contiguous())")
 
 
 def _dot(q: torch.Tensor) -> tuple:
@@ -132,7 +131,7 @@ def attention_decode(q, k, v, sinks, *, sm_scale: float, sliding_window: int | N
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, *, sm_scale: float,
               sliding_window: int | None, q_start: int) -> torch.Tensor:
     """Same contract as `plugins.attention.reference.attention`; decode or prefill kernel by shape."""
-    _check(q, k, v, sinks, sliding_window, q_start)
+    _check(q, k, v, sinks, sm_scale, sliding_window, q_start)
     t, hq, hkv = q.shape[1], q.shape[2], k.shape[2]
     run = attention_decode if t * (hq // hkv) <= DECODE_MAX_ROWS else attention_prefill
     return run(q, k, v, sinks, sm_scale=sm_scale, sliding_window=sliding_window, q_start=q_start)

@@ -77,16 +77,33 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int
     return allowed
 
 
-def check_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int) -> None:
-    """q [B, T, Hq, D], k/v [B, S, Hkv, D] must form a GQA problem whose queries see their keys."""
+def check_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, sm_scale: float,
+                    sliding_window: int | None, q_start: int) -> None:
+    """The arguments of `attention` form one problem: q [B, T, Hq, D] and k/v [B, S, Hkv, D] a GQA problem
+    whose queries see their keys, sinks [Hq], on one device. One ValueError naming the first argument that
+    does not fit (the reference, the Triton kernels and the op's fake implementation all check here)."""
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"attention: {shapes} must be [B, T, Hq, D] and [B, S, Hkv, D]")
     b, t, hq, d = q.shape
     s, hkv = k.shape[1], k.shape[2]
-    if hq % hkv or k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not "
-                         "form a GQA problem (Hq must be a multiple of Hkv, shapes must agree)")
+    if hkv == 0 or hq % hkv or k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"attention: {shapes} do not form a GQA problem (Hq must be a multiple of Hkv, "
+                         "shapes must agree)")
+    if tuple(sinks.shape) != (hq,) or not sinks.is_floating_point():
+        raise ValueError(f"attention: sinks {tuple(sinks.shape)} {sinks.dtype} must be [Hq] = [{hq}] floats "
+                         "(one logit per query head)")
+    if not 0 < sm_scale < math.inf:
+        raise ValueError(f"attention: sm_scale={sm_scale} must be a positive finite float (usually D**-0.5)")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"attention: sliding_window={sliding_window} must be None or >= 1")
     if q_start < 0 or q_start + t > s:
         raise ValueError(f"attention: queries at positions {q_start}..{q_start + t - 1} need keys up to "
                          f"there, but k has {s}; append the new keys to the cache before attending")
+    devices = {"q": q.device, "k": k.device, "v": v.device, "sinks": sinks.device}
+    if len(set(devices.values())) > 1:
+        raise ValueError("attention: q, k, v and sinks must be on one device, got "
+                         + ", ".join(f"{n} on {dev}" for n, dev in devices.items()))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, *,
@@ -99,7 +116,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Te
     subtracted first, in the order transformers' eager gpt-oss attention uses, so that a BF16 forward
     (the calibration dtype) rounds as the oracle does; returns [B, T, Hq, D] in v's dtype.
     """
-    check_gqa(q, k, v, q_start)
+    check_attention(q, k, v, sinks, sm_scale, sliding_window, q_start)
     b, t, hq, d = q.shape
     s, hkv = k.shape[1], k.shape[2]
     g, dtype = hq // hkv, q.dtype
