@@ -194,6 +194,22 @@ def test_attention_rejects_bad_inputs_on_every_path(case, path):
         attention_paths()[path](args.pop("q"), args.pop("k"), args.pop("v"), args.pop("sinks"), **args)
 
 
+EMPTY = {  # name: (q, k/v slices, q_start)
+    "no queries, empty cache": (slice(0, 0), slice(0, 0), 0),
+    "no queries": (slice(0, 0), slice(None), 12),
+}
+
+
+@pytest.mark.parametrize("path", list(attention_paths()))
+@pytest.mark.parametrize("case", list(EMPTY))
+def test_attention_of_no_queries_is_empty(case, path):
+    q_rows, kv_rows, q_start = EMPTY[case]
+    q, k, v, sinks = attention_inputs()
+    out = attention_paths()[path](q[:, q_rows], k[:, kv_rows], v[:, kv_rows], sinks,
+                                  **{**KW, "q_start": q_start})
+    assert out.shape == (2, 0, 4, 16)
+
+
 def test_attention_kernel_names_the_tensor_without_a_unit_stride():
     q, k, v, sinks = attention_inputs()
     k = k.transpose(-1, -2).contiguous().transpose(-1, -2)

@@ -133,5 +133,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Te
     """Same contract as `plugins.attention.reference.attention`; decode or prefill kernel by shape."""
     _check(q, k, v, sinks, sm_scale, sliding_window, q_start)
     t, hq, hkv = q.shape[1], q.shape[2], k.shape[2]
+    if q.numel() == 0:  # no queries (or no batch): nothing to launch (an empty cache has no key blocks)
+        return torch.empty_like(q)
     run = attention_decode if t * (hq // hkv) <= DECODE_MAX_ROWS else attention_prefill
     return run(q, k, v, sinks, sm_scale=sm_scale, sliding_window=sliding_window, q_start=q_start)
