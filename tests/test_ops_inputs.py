@@ -216,3 +216,23 @@ def test_attention_kernel_names_the_tensor_without_a_unit_stride():
     with pytest.raises(ValueError, match=r"attention kernel: k has stride 2 on the head dimension; the kernels "
                                          r"need 1 \(pass k.contiguous\(\)\)"):
         fused_attention(q, k, v, sinks, **KW)
+
+
+# ---- plugins.moe_layer.TrtkitMoE: refused when built, not at its first forward inside a model -----------
+LAYER_BAD = {  # name: (TrtkitMoE arguments changed, message)
+    "hidden not a multiple of 16": (dict(hidden=40), r"nvfp4 storage needs hidden and intermediate sizes that "
+                                                     r"are multiples of 16, got 40 and 32"),
+    "intermediate not a multiple of 16": (dict(intermediate=24), r"multiples of 16, got 64 and 24"),
+    "top_k 0": (dict(top_k=0), r"top_k=0 must be in \[1, min\(E=4, 8\)\]"),
+    "top_k > E": (dict(top_k=5), r"top_k=5 must be in \[1, min\(E=4, 8\)\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYER_BAD))
+def test_trtkit_moe_rejects_bad_sizes_when_built(case):
+    from plugins.moe_layer import TrtkitMoE
+
+    change, message = LAYER_BAD[case]
+    args = dict(num_experts=4, hidden=64, intermediate=32, top_k=2, limit=7.0, alpha=1.702, device="cpu") | change
+    with pytest.raises(ValueError, match=message):
+        TrtkitMoE(**args)
