@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_custom_ops import attention_inputs, layer
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import plugins.ops as ops
 from plugins.attention import attention as attention_reference
@@ -26,8 +27,6 @@ def moe_paths():
         return torch.ops.trtkit.moe(x, logits, *args, k, 7.0, 1.702)
 
     def fake(x, logits, args, k):
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         with FakeTensorMode(allow_non_fake_inputs=True):
             return op(x, logits, args, k)
 
@@ -146,8 +145,6 @@ def test_moe_tensors_reject_a_bias_on_another_device():
 def attention_paths():
     """(name, call(q, k, v, sinks, **kw)) for every implementation of trtkit::attention reachable on CPU."""
     def fake(*args, **kw):
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         with FakeTensorMode(allow_non_fake_inputs=True):
             return ops.attention(*args, **kw)
 
@@ -236,3 +233,21 @@ def test_trtkit_moe_rejects_bad_sizes_when_built(case):
     args = dict(num_experts=4, hidden=64, intermediate=32, top_k=2, limit=7.0, alpha=1.702, device="cpu") | change
     with pytest.raises(ValueError, match=message):
         TrtkitMoE(**args)
+
+
+# ---- non-finite router logits: no check on the hot path, but the kernels route them as the reference does --
+@pytest.mark.parametrize("e", [3, 4])   # 3: the routing kernel pads the expert axis to 4
+def test_moe_routes_nan_logits_as_the_reference(e):
+    """A NaN logit ranks first (torch.topk's order), so the kernels choose real experts and the token's
+    output is NaN on both paths; the other tokens are untouched. (The interpreter used to fail on an
+    all-NaN row, and the padded expert column could be chosen on a GPU.)"""
+    router, experts = layer("mxfp4", e=e, h=H)
+    t = MoeTensors.from_weights(experts)
+    x = torch.randn(N, H, generator=torch.Generator().manual_seed(1))
+    logits = F.linear(x, router.weight, router.bias)
+    logits[2] = float("nan")
+    logits[4, 1] = float("nan")
+    ref, out = (moe_paths()[p](x, logits, ops.moe_op_args(t), 2) for p in ("op", "fused"))
+    nan_rows = torch.tensor([i in (2, 4) for i in range(N)])
+    assert ref[nan_rows].isnan().all() and out[nan_rows].isnan().all()
+    torch.testing.assert_close(out[~nan_rows], ref[~nan_rows], rtol=1e-5, atol=1e-5)

@@ -28,12 +28,14 @@ from plugins.moe.triton_spread import _spread_step
 @triton.jit
 def _route_rows(logits_ptr, weights_ptr, ids_ptr, rows, N, E, stride_l, TOP_K: tl.constexpr,
                 K_PAD: tl.constexpr, E_PAD: tl.constexpr):
-    """Rows of router logits: each row's top k experts (lowest index first on ties) and the softmax over
-    their logits, stored at flat = row * TOP_K + slot. Returns (experts [R, K_PAD] i32, flat, valid)."""
+    """Rows of router logits: each row's top k experts (lowest index first on ties; NaN above any number, as
+    torch.topk ranks it, so a NaN row still picks real experts) and the softmax over their logits, stored
+    at flat = row * TOP_K + slot. Returns (experts [R, K_PAD] i32, flat, valid)."""
     cols = tl.arange(0, E_PAD)                                           # [E_PAD]
     slots = tl.arange(0, K_PAD)                                          # [K_PAD]
     logits = tl.load(logits_ptr + rows[:, None] * stride_l + cols[None, :],
                      mask=(rows < N)[:, None] & (cols < E)[None, :], other=0.0).to(tl.float32)
+    logits = tl.where(logits != logits, float("inf"), logits)           # NaN ranks first, as in torch.topk
     logits = tl.where((cols < E)[None, :], logits, float("-inf"))       # rows past N stay finite
     top = tl.full((rows.shape[0], K_PAD), float("-inf"), tl.float32)
     chosen = tl.zeros((rows.shape[0], K_PAD), tl.int32)
