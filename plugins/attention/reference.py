@@ -82,13 +82,15 @@ def check_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: to
     """The arguments of `attention` form one problem: q [B, T, Hq, D] and k/v [B, S, Hkv, D] a GQA problem
     whose queries see their keys, sinks [Hq], on one device. One ValueError naming the first argument that
     does not fit (the reference, the Triton kernels and the op's fake implementation all check here)."""
-    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    def shapes() -> str:  # for messages only (this runs on every call)
+        return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"attention: {shapes} must be [B, T, Hq, D] and [B, S, Hkv, D]")
+        raise ValueError(f"attention: {shapes()} must be [B, T, Hq, D] and [B, S, Hkv, D]")
     b, t, hq, d = q.shape
     s, hkv = k.shape[1], k.shape[2]
     if hkv == 0 or hq % hkv or k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"attention: {shapes} do not form a GQA problem (Hq must be a multiple of Hkv, "
+        raise ValueError(f"attention: {shapes()} do not form a GQA problem (Hq must be a multiple of Hkv, "
                          "shapes must agree)")
     if tuple(sinks.shape) != (hq,) or not sinks.is_floating_point():
         raise ValueError(f"attention: sinks {tuple(sinks.shape)} {sinks.dtype} must be [Hq] = [{hq}] floats "
@@ -100,10 +102,10 @@ def check_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: to
     if q_start < 0 or q_start + t > s:
         raise ValueError(f"attention: queries at positions {q_start}..{q_start + t - 1} need keys up to "
                          f"there, but k has {s}; append the new keys to the cache before attending")
-    devices = {"q": q.device, "k": k.device, "v": v.device, "sinks": sinks.device}
-    if len(set(devices.values())) > 1:
+    devices = (q.device, k.device, v.device, sinks.device)
+    if any(dev != devices[0] for dev in devices[1:]):
         raise ValueError("attention: q, k, v and sinks must be on one device, got "
-                         + ", ".join(f"{n} on {dev}" for n, dev in devices.items()))
+                         + ", ".join(f"{n} on {dev}" for n, dev in zip(("q", "k", "v", "sinks"), devices, strict=True)))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, *,

@@ -40,21 +40,28 @@ _NVFP4_FORMATS = (WeightFormat.NVFP4, WeightFormat.NVFP4_SPREAD)
 
 @dataclass(frozen=True)
 class _Layout:
-    """One row of the table above, as `ProjectionTensors` checks it."""
+    """One row of the table above, as `ProjectionTensors` reads and checks it."""
 
     weight: str                             # the weight's layout, for messages
     ndim: int
+    in_axis: int                            # the weight axis that counts inputs ...
+    per_in: int                             # ... this many per element (2 codes a byte; 32 per MXFP4 block)
+    out_axis: int
     in_multiple: int                        # in_features must be a multiple of this
+    block: int = 0                          # inputs per block scale (0: no block scales)
     scale: str | None = None                # the block scales' layout, for messages
     scale_dtype: torch.dtype | None = None
+    scale_in_first: bool = True             # scales [E, in/block, out] (NVFP4), else [E, out, in/block]
 
 
 _LAYOUTS = {
-    WeightFormat.BF16: _Layout("[E, in, out] floats", 3, 1),
-    WeightFormat.MXFP4: _Layout("torch.uint8 [E, out, in/32, 16]", 4, 32, "[E, out, in/32]", torch.uint8),
-    WeightFormat.NVFP4: _Layout("torch.uint8 [E, in/2, out]", 3, 16, "[E, in/16, out]", torch.float8_e4m3fn),
-    WeightFormat.NVFP4_SPREAD: _Layout("torch.uint8 [E, in/2, out]", 3, e2m1_spread.TAIL, "[E, in/16, out]",
-                                       torch.float8_e4m3fn),
+    WeightFormat.BF16: _Layout("[E, in, out] floats", 3, 1, 1, 2, 1),
+    WeightFormat.MXFP4: _Layout("torch.uint8 [E, out, in/32, 16]", 4, 2, 32, 1, 32, 32, "[E, out, in/32]",
+                                torch.uint8, scale_in_first=False),
+    WeightFormat.NVFP4: _Layout("torch.uint8 [E, in/2, out]", 3, 1, 2, 2, 16, 16, "[E, in/16, out]",
+                                torch.float8_e4m3fn),
+    WeightFormat.NVFP4_SPREAD: _Layout("torch.uint8 [E, in/2, out]", 3, 1, 2, 2, e2m1_spread.TAIL, 16,
+                                       "[E, in/16, out]", torch.float8_e4m3fn),
 }
 MAX_TOP_K = 8  # experts a token may be routed to (the routing kernel keeps them in registers)
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -121,21 +128,21 @@ class ProjectionTensors:
 
     @property
     def in_features(self) -> int:
-        w = self.weight
-        return {WeightFormat.BF16: w.shape[1], WeightFormat.MXFP4: w.shape[2] * 32,
-                WeightFormat.NVFP4: w.shape[1] * 2, WeightFormat.NVFP4_SPREAD: w.shape[1] * 2}[self.fmt]
+        layout = _LAYOUTS[self.fmt]
+        return self.weight.shape[layout.in_axis] * layout.per_in
 
     @property
     def out_features(self) -> int:
-        return self.weight.shape[1] if self.fmt is WeightFormat.MXFP4 else self.weight.shape[2]
+        return self.weight.shape[_LAYOUTS[self.fmt].out_axis]
 
     @property
     def scale_shape(self) -> tuple[int, ...] | None:
         """The block scales' shape these weights need (None: BF16, no scales)."""
-        w = self.weight
-        return {WeightFormat.BF16: None, WeightFormat.MXFP4: tuple(w.shape[:3]),
-                WeightFormat.NVFP4: (w.shape[0], self.in_features // 16, w.shape[2]),
-                WeightFormat.NVFP4_SPREAD: (w.shape[0], self.in_features // 16, w.shape[2])}[self.fmt]
+        layout = _LAYOUTS[self.fmt]
+        if not layout.block:
+            return None
+        e, blocks, out = self.weight.shape[0], self.in_features // layout.block, self.out_features
+        return (e, blocks, out) if layout.scale_in_first else (e, out, blocks)
 
     @property
     def nbytes(self) -> int:
@@ -230,21 +237,22 @@ def check_moe_inputs(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k
     ValueError naming the first argument that does not (every implementation of trtkit::moe calls this)."""
     e, h = t.gate_up.num_experts, t.gate_up.in_features
     n = x.shape[0] if x.ndim == 2 else "N"
-    dtypes = "/".join(str(d).removeprefix("torch.") for d in ACTIVATION_DTYPES)
-    devices = {"x": x.device, "router logits": logits.device, "experts": t.gate_up.weight.device}
-    problems = {
-        f"x must be [N, {h}] {dtypes}, got {x.dtype} {tuple(x.shape)}":
-            x.ndim != 2 or x.shape[1] != h or x.dtype not in ACTIVATION_DTYPES,
-        f"router logits {tuple(logits.shape)} {logits.dtype} must be [N, E] = [{n}, {e}] floats "
-        "(a row per token of x, a column per expert)":
-            tuple(logits.shape) != (n, e) or not logits.is_floating_point(),
-        f"top_k={top_k} must be in [1, min(E={e}, {MAX_TOP_K})]": not 1 <= top_k <= min(e, MAX_TOP_K),
-        "x, router logits and experts must be on one device, got "
-        + ", ".join(f"{k} on {d}" for k, d in devices.items()): len(set(devices.values())) > 1,
-    }
-    bad = [msg for msg, failed in problems.items() if failed]
-    if bad:
-        raise ValueError(f"moe: {bad[0]}")
+    devices = (x.device, logits.device, t.gate_up.weight.device)
+    problems = (  # (failed, its message): the message is only made for a failure (this runs every call)
+        (x.ndim != 2 or x.shape[1] != h or x.dtype not in ACTIVATION_DTYPES,
+         lambda: f"x must be [N, {h}] {'/'.join(str(d).removeprefix('torch.') for d in ACTIVATION_DTYPES)}, "
+                 f"got {x.dtype} {tuple(x.shape)}"),
+        (tuple(logits.shape) != (n, e) or not logits.is_floating_point(),
+         lambda: f"router logits {tuple(logits.shape)} {logits.dtype} must be [N, E] = [{n}, {e}] floats "
+                 "(a row per token of x, a column per expert)"),
+        (not 1 <= top_k <= min(e, MAX_TOP_K), lambda: f"top_k={top_k} must be in [1, min(E={e}, {MAX_TOP_K})]"),
+        (devices[1] != devices[0] or devices[2] != devices[0],
+         lambda: "x, router logits and experts must be on one device, got "
+                 + ", ".join(f"{k} on {d}" for k, d in zip(("x", "router logits", "experts"), devices, strict=True))),
+    )
+    for failed, message in problems:
+        if failed:
+            raise ValueError(f"moe: {message()}")
 
 
 def reference_moe_from_logits(x: torch.Tensor, logits: torch.Tensor, experts: ExpertWeights, top_k: int,
