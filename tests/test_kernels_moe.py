@@ -72,6 +72,44 @@ def tensors(w: ExpertWeights, fmt: str) -> MoeTensors:
     return {"nvfp4-kmajor": t.k_major, "nvfp4-spread": lambda: t.k_major(spread=True)}.get(fmt, lambda: t)()
 
 
+def poisoned(x: torch.Tensor, axis: int, pad: int, byte: int) -> torch.Tensor:
+    """x as a view into a buffer whose `axis` runs `pad` elements further, those filled with `byte` (a
+    NaN block scale, a -6 code): a kernel that reads past the inputs turns its output NaN."""
+    shape = list(x.shape)
+    shape[axis] += pad
+    buf = torch.full(shape, byte, dtype=torch.uint8).view(x.dtype)
+    view = buf.narrow(axis, 0, x.shape[axis])
+    view.copy_(x)
+    return view
+
+
+def poisoned_tensors(t: MoeTensors) -> MoeTensors:
+    """The same experts with NaN scales and -6 codes stored right past every input row (K-major rows)."""
+    def proj(p):
+        if p.fmt.value == "mxfp4":   # blocks [E, out, in/32, 16], scales [E, out, in/32]: E8M0 0xFF is NaN
+            return type(p)(p.fmt, poisoned(p.weight, 2, 2, 0xFF), poisoned(p.scale, 2, 16, 0xFF))
+        km = p.k_major()            # codes [E, in/2, out], scales [E, in/16, out] (E4M3 0x7F is NaN)
+        return type(p)(p.fmt, poisoned(km.weight.mT, 2, 16, 0xFF).mT,
+                       poisoned(km.scale.mT, 2, 16, 0x7F).mT, km.global_scale)
+    return MoeTensors(proj(t.gate_up), t.gate_up_bias, proj(t.down), t.down_bias)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_nothing_past_the_inputs_is_read(fmt):
+    """K not a multiple of the K step (H = I = 96, BLOCK_K 128): the last step's weight and scale tiles
+    reach past the inputs into whatever the storage holds there; those bytes must be masked, not merely
+    multiplied by zero activations. MXFP4 shows it (an E8M0 0xFF scale is NaN, and NaN * 0 is NaN);
+    NVFP4's E4M3 scales have no infinity and the kernel's bit-exact decode reads the NaN byte 0x7F as 480,
+    so there a read past the inputs is invisible in the output and this checks the strided storage only."""
+    n, e, k, h, i = SHAPES["batch-37tok-e8-k3-padded"]
+    g = torch.Generator().manual_seed(11)
+    router, w = make_layer(e, h, i, fmt, g)
+    x = torch.randn(n, h, generator=g)
+    ref = moe(x, router, w, k)
+    out = fused.fused_moe(x, F.linear(x, router.weight, router.bias), poisoned_tensors(MoeTensors.from_weights(w)), k)
+    torch.testing.assert_close(out, ref, rtol=F32_RTOL, atol=F32_ATOL + F32_RTOL * ref.abs().max().item())
+
+
 def truth(w: ExpertWeights, dtype: torch.dtype) -> ExpertWeights:
     """Float32 experts holding the weights as decoded to `dtype` (what the kernel's dot multiplies)."""
     def dec(p):
