@@ -238,6 +238,10 @@ SWAP_CANDIDATES += [dataclasses.replace(c, lut_decode=True) for c in SWAP_CANDID
 # timed on every row besides the sweep's picks: 32 rows per expert block (one weight pass per expert
 # where ~16 pairs hit each expert, e.g. gpt-oss-20b at batch 128)
 ROW_EXTRA_CONFIGS = (moe_fused.MoeConfig(32, 64, 128, 4, 4, bf16_scale=True, swap_ab=True, split_fill=8),)
+# timed on the spread-storage rows besides those (its K step is always one 128-input chunk, and its
+# shorter K loop may prefer wider tiles or a deeper pipeline than the K-major storage's sweep picked)
+SPREAD_EXTRA_CONFIGS = tuple(moe_fused.MoeConfig(16, bn, 128, w, st, bf16_scale=True, swap_ab=True, split_fill=8)
+                             for bn, w, st in ((128, 4, 4), (64, 4, 6), (128, 8, 4), (128, 4, 3)))
 # the configs of the previous published MoE decode table (BENCHMARKS.md issue 6), timed on every row
 PREV_CONFIGS = (moe_fused.MoeConfig(16, 32, 256, 4, 4), moe_fused.MoeConfig(16, 128, 64, 4, 6, bf16_scale=True))
 CHECK_CONFIGS = (None, moe_fused.MoeConfig(16, 64, 128, 4, 4, bf16_scale=True),
@@ -263,12 +267,13 @@ def moe_sweep(layers: list[MoeTensors], batch: int, g: torch.Generator) -> moe_f
     return best[1]
 
 
-def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float, g, baseline: bool = True) -> dict:
+def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float, g, baseline: bool = True,
+            extra: tuple = ()) -> dict:
     e = layers[0].gate_up.num_experts
     x = torch.randn(n, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
     logits = [torch.randn(n, e, device=DEV, generator=g) for _ in layers]
     active = statistics.mean(len(torch.topk(lg, TOP_K).indices.unique()) for lg in logits)
-    both = list(dict.fromkeys(list(cfgs) + list(PREV_CONFIGS) + list(ROW_EXTRA_CONFIGS)))
+    both = list(dict.fromkeys(list(cfgs) + list(PREV_CONFIGS) + list(ROW_EXTRA_CONFIGS) + list(extra)))
     timed = {c: graph_ms(partial(_run_layers, x, logits, layers, c)) / len(layers) for c in both}
     cfg = min(timed, key=timed.get)
     ours = timed[cfg]
@@ -335,7 +340,8 @@ def bench_moe(copy_gb_s: float, g: torch.Generator, results: dict, save, storage
             save()
         spread = [t.k_major(spread=True) for t in layers] if "spread" in storages else []
         for n in (1, 8, 32, 128) if spread else ():  # same weights in the kernel's order; same baseline
-            row = {**moe_row(shape, spread, n, cfgs, copy_gb_s, g, baseline=False), "storage": "spread"}
+            row = {**moe_row(shape, spread, n, cfgs, copy_gb_s, g, baseline=False, extra=SPREAD_EXTRA_CONFIGS),
+                   "storage": "spread"}
             results.setdefault("spread_rows", []).append(row)
             print(f"  moe spread storage {row}", flush=True)
             save()

@@ -45,7 +45,8 @@ HIDDEN = INTER = 2880   # gpt-oss
 EXPERTS = 4             # the compiled code does not depend on it
 TOP_K = 4
 CONFIGS = {"decode": fused.DECODE_CONFIG, "wide": fused.DECODE_WIDE_CONFIG, "prefill": fused.PREFILL_CONFIG,
-           "decode-lut": dataclasses.replace(fused.DECODE_CONFIG, lut_decode=True)}
+           "decode-lut": dataclasses.replace(fused.DECODE_CONFIG, lut_decode=True),
+           "decode-n128": dataclasses.replace(fused.DECODE_CONFIG, block_n=128)}  # bench_gpu's spread extras
 CUDA_CONSTEXPRS = {"DOT_DTYPE": "bf16", "PRECISION": "tf32", "ASM": True}  # what `fused._gemm` passes on CUDA
 _PTR = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.uint8: "u8",
         torch.int32: "i32"}
