@@ -36,6 +36,16 @@ def _tensor(value) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else value[:]
 
 
+def _check_no_nan_scale(scale: torch.Tensor, key: str) -> None:
+    """E4M3 block scales [E, out, in/16] hold no NaN (byte 0x7F / 0xFF): NVFP4 writers emit at most 448, and
+    the kernel's exact decode has no NaN (it would read 480), so a NaN here is a corrupt file."""
+    nan = (scale.view(torch.uint8) & 0x7F) == 0x7F
+    if bool(nan.any()):
+        e, out, blk = (int(i) for i in nan.nonzero()[0])
+        raise ValueError(f"trtkit MoE: mlp.experts.{key} holds a NaN block scale at [{e}, {blk}, {out}] (expert, "
+                         "input block, output); the checkpoint is corrupt: re-export it or run trtkit convert again")
+
+
 class TrtkitMoE(torch.nn.Module):
     """All experts of one layer; forward(x [N, H], router_logits [N, E]) -> [N, H] in x's dtype."""
 
@@ -83,6 +93,8 @@ class TrtkitMoE(torch.nn.Module):
                     if tuple(src.shape) != want or src.dtype != p.dtype:
                         raise ValueError(f"trtkit MoE: mlp.experts.{key} is {src.dtype} {tuple(w[key].shape)}; "
                                          f"expected {p.dtype} with [E, in/x, out] = {(want[0], want[2], want[1])}")
+                    if suffix == "_weight_scale":
+                        _check_no_nan_scale(src, key)
                     if self.spread:  # the kernel's order along the input axis, an expert at a time
                         convert = {"": e2m1_spread.spread, "_weight_scale": e2m1_spread.spread_scales}[suffix]
                         for e in range(src.shape[0]):

@@ -73,6 +73,10 @@ def test_refuses_wrong_tensors(tiny_nvfp4):
         m.load_weights([{**w, "gate_up_proj_blocks": w["gate_up_proj"]}])
     with pytest.raises(ValueError, match=r"mlp.experts.down_proj is torch.uint8 .*expected torch.uint8 with"):
         m.load_weights([{**w, "down_proj": w["down_proj"].mT.contiguous()[:, :-1]}])
+    bad = w["down_proj_weight_scale"].clone()                    # [E, in/16, out]
+    bad.view(torch.uint8)[1, 2, 3] = 0xFF                          # E4M3 -NaN
+    with pytest.raises(ValueError, match=r"down_proj_weight_scale holds a NaN block scale at \[1, 2, 3\]"):
+        m.load_weights([{**w, "down_proj_weight_scale": bad}])
 
 
 def random_checkpoint_experts(e: int, h: int, i: int, g: torch.Generator) -> dict[str, torch.Tensor]:
