@@ -13,7 +13,8 @@ an E2M1 code c placed in float16 bits as `(c & 7) << 9 | (c & 8) << 12` is the E
 2**-8 (the E4M3 NaN byte 0x7F reads as 480: NVFP4 writers, Model Optimizer and trtkit convert, emit
 scales of at most 448, never NaN, and `TrtkitMoE` refuses a NaN scale at load); the powers of two are
 folded into the block scale, so the product equals `value * (block * global)` in float32 as
-`plugins.formats` computes it, then one cast to the dot dtype. On CUDA the nibble step runs as PTX on 32-bit words (`_E2M1_HALVES_PTX`).
+`plugins.formats` computes it, then one cast to the dot dtype. On CUDA the nibble step runs as PTX on
+32-bit words (`_E2M1_HALVES_PTX`).
 """
 
 from __future__ import annotations
