@@ -165,7 +165,8 @@ def check_moe(g: torch.Generator) -> list[dict]:
             t = plain.k_major(spread=True)
         else:
             t = random_layer(16, 256, 192, fmt, g)
-        for n, dtype, cfg in itertools.product((1, 64, 300), (torch.bfloat16, torch.float32), CHECK_CONFIGS):
+        cfgs = CHECK_CONFIGS + (SPREAD_EXTRA_CONFIGS if fmt == "nvfp4-spread" else ())  # every config timed
+        for n, dtype, cfg in itertools.product((1, 64, 300), (torch.bfloat16, torch.float32), cfgs):
             if cfg is not None and dtype != torch.bfloat16:
                 continue
             tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
@@ -175,8 +176,9 @@ def check_moe(g: torch.Generator) -> list[dict]:
             ref = reference_moe_from_logits(x.float(), logits.float(), truth_experts(t, dtype), TOP_K,
                                             7.0, 1.702)
             err = rel_err(out, ref)
-            case = f"{fmt} N={n} {str(dtype)[6:]}" + (f" bm={cfg.block_m} bf16_scale={cfg.bf16_scale} "
-                                                      f"lut={cfg.lut_decode} swap_ab={cfg.swap_ab}" if cfg else "")
+            case = f"{fmt} N={n} {str(dtype)[6:]}" + (f" bm={cfg.block_m} bn={cfg.block_n} warps={cfg.num_warps} "
+                                                      f"bf16_scale={cfg.bf16_scale} lut={cfg.lut_decode} "
+                                                      f"swap_ab={cfg.swap_ab}" if cfg else "")
             ok = err <= tol
             if cfg is not None and cfg.lut_decode and fmt != "bf16":  # same bits as the bf16_scale decode
                 twin = dataclasses.replace(cfg, lut_decode=False, bf16_scale=True)
