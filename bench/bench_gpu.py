@@ -155,23 +155,31 @@ def truth_experts(t: MoeTensors, dtype: torch.dtype) -> ExpertWeights:
                          t.down_bias.to(dtype).float())
 
 
-def check_moe(g: torch.Generator) -> list[dict]:
+def check_moe(g: torch.Generator, tokens=(1, 64, 300), configs=None, spread_configs=None,
+              layer=(16, 256, 192)) -> list[dict]:
+    """Every MoE storage and config the timing uses against the reference (configs: CHECK_CONFIGS, plus
+    spread_configs, SPREAD_EXTRA_CONFIGS, on the spread storage) on layers of (experts, H, I); a row's
+    `bit_equal` says whether a decode that must give the same bits did (None: no such twin).
+    tests/test_bench_gpu.py runs a few on CPU."""
+    configs = CHECK_CONFIGS if configs is None else configs
+    spread_configs = SPREAD_EXTRA_CONFIGS if spread_configs is None else spread_configs
+    e, h, i = layer
     rows = []
-    plain = random_layer(16, 256, 192, "nvfp4", g)
+    plain = random_layer(e, h, i, "nvfp4", g)
     for fmt in ("nvfp4", "nvfp4-spread", "nvfp4-nmajor", "mxfp4", "bf16"):
         if fmt == "nvfp4":
             t = plain
         elif fmt == "nvfp4-spread":  # the same weights in the kernel's order (compared bit for bit below)
             t = plain.k_major(spread=True)
         else:
-            t = random_layer(16, 256, 192, fmt, g)
-        cfgs = CHECK_CONFIGS + (SPREAD_EXTRA_CONFIGS if fmt == "nvfp4-spread" else ())  # every config timed
-        for n, dtype, cfg in itertools.product((1, 64, 300), (torch.bfloat16, torch.float32), cfgs):
+            t = random_layer(e, h, i, fmt, g)
+        cfgs = tuple(configs) + (tuple(spread_configs) if fmt == "nvfp4-spread" else ())  # every config timed
+        for n, dtype, cfg in itertools.product(tokens, (torch.bfloat16, torch.float32), cfgs):
             if cfg is not None and dtype != torch.bfloat16:
                 continue
             tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
-            x = torch.randn(n, 256, device=DEV, generator=g).to(dtype)
-            logits = torch.randn(n, 16, device=DEV, generator=g).to(dtype)
+            x = torch.randn(n, h, device=DEV, generator=g).to(dtype)
+            logits = torch.randn(n, e, device=DEV, generator=g).to(dtype)
             out = moe_fused.fused_moe(x, logits, t, TOP_K, config=cfg)
             ref = reference_moe_from_logits(x.float(), logits.float(), truth_experts(t, dtype), TOP_K,
                                             7.0, 1.702)
@@ -179,15 +187,16 @@ def check_moe(g: torch.Generator) -> list[dict]:
             case = f"{fmt} N={n} {str(dtype)[6:]}" + (f" bm={cfg.block_m} bn={cfg.block_n} warps={cfg.num_warps} "
                                                       f"bf16_scale={cfg.bf16_scale} lut={cfg.lut_decode} "
                                                       f"swap_ab={cfg.swap_ab}" if cfg else "")
-            ok = err <= tol
+            twin = None
             if cfg is not None and cfg.lut_decode and fmt != "bf16":  # same bits as the bf16_scale decode
-                twin = dataclasses.replace(cfg, lut_decode=False, bf16_scale=True)
-                ok = ok and torch.equal(out, moe_fused.fused_moe(x, logits, t, TOP_K, config=twin))
+                twin = (t, dataclasses.replace(cfg, lut_decode=False, bf16_scale=True))
             if fmt == "nvfp4-spread" and dtype == torch.bfloat16:  # same bits as bf16_scale on the plain storage
-                twin = dataclasses.replace(cfg or moe_fused.default_config(n * TOP_K, 16, x.device),
-                                           lut_decode=False, bf16_scale=True, block_k=128)  # spread's K step
-                ok = ok and torch.equal(out, moe_fused.fused_moe(x, logits, plain, TOP_K, config=twin))
-            rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "ok": ok})
+                twin = (plain, dataclasses.replace(cfg or moe_fused.default_config(n * TOP_K, e, x.device),
+                                                   lut_decode=False, bf16_scale=True, block_k=128))  # its K step
+            same = None if twin is None else torch.equal(out, moe_fused.fused_moe(x, logits, twin[0], TOP_K,
+                                                                                    config=twin[1]))
+            rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "bit_equal": same,
+                         "ok": err <= tol and same is not False})
     return rows
 
 

@@ -1,0 +1,43 @@
+"""bench/bench_gpu.py runs only on a lent GPU, where a mistake costs the device time of a whole run: its
+MoE correctness check runs here on CPU (Triton's interpreter) over every storage, with the default config
+and one of the spread-only configs, so the check's own code and a config it times are exercised."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BF16_REL_L2_INTERPRETER = 2e-2  # the interpreter truncates float32 -> bf16 (see tests/test_kernels_moe.py)
+
+
+@pytest.fixture(scope="module")
+def bench_gpu():
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_moe_check_runs_on_cpu(bench_gpu, monkeypatch):
+    monkeypatch.setattr(bench_gpu, "DEV", torch.device("cpu"))
+    rows = bench_gpu.check_moe(torch.Generator().manual_seed(0), tokens=(3,), configs=(None,),
+                               spread_configs=bench_gpu.SPREAD_EXTRA_CONFIGS[:1], layer=(4, 128, 128))
+    assert {r["case"].split()[0] for r in rows} == {"nvfp4", "nvfp4-spread", "nvfp4-nmajor", "mxfp4", "bf16"}
+    assert len(rows) == 5 * 2 + 1, rows                        # every storage in bf16 and fp32, + the extra
+    for r in rows:
+        tol = BF16_REL_L2_INTERPRETER if "bfloat16" in r["case"] else r["tol"]
+        assert r["rel_err"] <= tol, r
+    spread_bf16 = [r for r in rows if r["case"].startswith("nvfp4-spread") and "bfloat16" in r["case"]]
+    assert len(spread_bf16) == 2 and all(r["bit_equal"] is True for r in spread_bf16), spread_bf16
+
+
+def test_without_a_gpu_it_says_so():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--only", "moe"],
+                         capture_output=True, text=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+    assert run.returncode != 0 and "needs a CUDA GPU" in run.stderr, run.stderr
