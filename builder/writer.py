@@ -8,12 +8,13 @@ dealt round-robin to ranks; every byte depends only on the plan, so any rank cou
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,10 +145,35 @@ def check_apart(src: Path, out: Path) -> None:
                           "output folder outside the source's parents")
 
 
+def _lock_output(out: Path) -> int:
+    """An exclusive lock on `.OUT.lock` beside OUT, held by rank 0 for the whole write (released when the
+    process ends, however it ends): a second run to the same OUT fails at once instead of deleting and
+    sharing the first one's `.OUT.partial`. Returns the lock's descriptor for `_unlock_output`."""
+    lock = out.parent / f".{out.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(lock).st_ino:  # a finishing run removed the file we opened
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        raise OutputError(f"{out}: another trtkit run is writing it (it holds {lock}); wait for that run to "
+                          "finish or choose another OUT") from None
+    return fd
+
+
+def _unlock_output(out: Path, fd: int) -> None:
+    """Remove the lock file while still holding it, then release it."""
+    with suppress(FileNotFoundError):
+        os.unlink(out.parent / f".{out.name}.lock")
+    os.close(fd)
+
+
 @contextmanager
 def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
-    """Yield a fresh hidden folder beside `out`; rename it to `out` only if the block succeeds. Commands that
-    read a SRC folder call `check_apart(src, out)` first."""
+    """Yield a fresh hidden folder beside `out`; rename it to `out` only if the block succeeds. Rank 0 holds
+    `.OUT.lock` meanwhile (one run per OUT at a time). Commands that read a SRC folder call
+    `check_apart(src, out)` first."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory; remove it or choose another OUT")
@@ -156,34 +182,43 @@ def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
     check_creatable(out)
     tmp = out.parent / f".{out.name}.partial"
     old = out.parent / f".{out.name}.old"
-    error = None
+    error, lock = None, None
     if comm.rank == 0:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
+            lock = _lock_output(out)
             for stale in (tmp, old):  # left by a killed run: a folder, or anything else by that name
                 if stale.is_dir() and not stale.is_symlink():
                     shutil.rmtree(stale)
                 elif stale.exists() or stale.is_symlink():
                     stale.unlink()
             tmp.mkdir()
+        except OutputError as exc:
+            error = str(exc)
         except OSError as exc:
             error = f"cannot create OUT {out}: {exc.strerror} ({exc.filename}); choose another OUT"
     error = comm.bcast(error)  # every rank learns of rank 0's failure (a barrier would leave them waiting)
     if error:
+        if lock is not None:
+            _unlock_output(out, lock)
         raise OutputError(error)
     try:
-        yield tmp
-    except BaseException:
+        try:
+            yield tmp
+        except BaseException:
+            if comm.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        comm.barrier()
         if comm.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    comm.barrier()
-    if comm.rank == 0:
-        if out.exists() or out.is_symlink():  # a symlink OUT (even dangling) is replaced, not followed
-            out.rename(old)
-        tmp.rename(out)
-        if old.is_symlink():  # the replaced link itself: unlink it, never its target's contents
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
+            if out.exists() or out.is_symlink():  # a symlink OUT (even dangling) is replaced, not followed
+                out.rename(old)
+            tmp.rename(out)
+            if old.is_symlink():  # the replaced link itself: unlink it, never its target's contents
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if lock is not None:
+            _unlock_output(out, lock)
     comm.barrier()

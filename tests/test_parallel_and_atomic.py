@@ -84,3 +84,31 @@ def test_stray_partial_file_under_mpiexec(tiny_mxfp4, tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_second_run_to_the_same_out_is_refused_while_the_first_writes(tiny_mxfp4, tmp_path):
+    """Two runs to one OUT: the second used to delete the first's .OUT.partial, then both wrote into one
+    folder, so a renamed OUT could hold a file the other run was still writing. Now it fails at once."""
+    from builder.parallel import SerialComm
+    from builder.writer import atomic_output
+
+    out = tmp_path / "out"
+    with atomic_output(out, False, SerialComm()) as tmp:      # the first run, mid-write
+        (tmp / "half-written").write_text("x")
+        r = subprocess.run(trtkit("convert", "--quiet", str(tiny_mxfp4), str(out)), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip().splitlines() == [f"trtkit: error: {out}: another trtkit run is writing it (it holds "
+                                                 f"{tmp_path / '.out.lock'}); wait for that run to finish or "
+                                                 "choose another OUT"]
+        assert (tmp / "half-written").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # renamed, lock removed
+    assert [p.name for p in out.iterdir()] == ["half-written"]
+
+
+def test_a_lock_file_left_by_a_killed_run_does_not_block(tiny_mxfp4, tmp_path):
+    (tmp_path / ".out.lock").write_text("")                    # SIGKILL leaves the file, never the lock
+    r = subprocess.run(trtkit("convert", "--quiet", str(tiny_mxfp4), str(tmp_path / "out")), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
