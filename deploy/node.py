@@ -39,6 +39,7 @@ class Gpu:
     compute_capability: str
     mig: bool = False
     nvlink_links: int = 0
+    memory_used_gb: float = 0.0  # in use when the node was read (other processes; the driver's own reserve)
 
     @property
     def key(self) -> str | None:
@@ -123,8 +124,8 @@ def _nvml_gpu(nv: Any, h: Any) -> Gpu:
             links += nv.nvmlDeviceGetNvLinkState(h, link) == nv.NVML_FEATURE_ENABLED
         except nv.NVMLError:
             break
-    return Gpu(_text(nv.nvmlDeviceGetName(h)), nv.nvmlDeviceGetMemoryInfo(h).total / 1e9,
-               f"{major}.{minor}", mig, links)
+    mem = nv.nvmlDeviceGetMemoryInfo(h)
+    return Gpu(_text(nv.nvmlDeviceGetName(h)), mem.total / 1e9, f"{major}.{minor}", mig, links, mem.used / 1e9)
 
 
 def _text(value: str | bytes) -> str:
@@ -186,6 +187,7 @@ GPU_FIELDS: dict[str, tuple[Parse, bool]] = {  # field: (parse, required)
     "compute_capability": (_capability, True),
     "mig": (_flag, False),
     "nvlink_links": (lambda v: _integer(v, 0), False),
+    "memory_used_gb": (lambda v: _number(v, 0, False, "GB"), False),
 }
 ENV_FIELDS: dict[str, tuple[Parse, bool]] = {
     "imex_channels": (lambda v: _integer(v, 0), False),

@@ -19,6 +19,7 @@ from recipes.validate import check_options, check_recipe_doc, read_yaml
 PROFILE_ORDER = ("balanced", "throughput", "latency")
 MEMORY_SLACK = 0.97  # a node GPU may report slightly less than the catalog's usable figure
 MIN_SHM_GB = 16.0    # TensorRT-LLM multi-GPU runs move tensors through /dev/shm
+BUSY_FRACTION = 0.05  # more of a GPU's memory in use than this (the driver reserves ~1%) is another process
 RECIPE_FILE = "recipe.yaml"
 
 
@@ -153,6 +154,12 @@ def warnings(r: RecipeRef, node: Node) -> list[str]:
     if node.gpu.key != r.gpu["key"]:
         out.append(f"the recipe was planned for {r.gpu['name']}; this node has {node.gpu.name} "
                    "(same architecture, enough memory): predicted figures will differ")
+    busy = [f"{i} ({g.memory_used_gb:.1f} of {g.memory_gb:.0f} GB)" for i, g in enumerate(node.gpus)
+            if g.memory_used_gb > BUSY_FRACTION * g.memory_gb]
+    if busy:
+        out.append(f"memory already in use on GPU {', '.join(busy)}: the recipe was sized for free GPUs, so "
+                   "the server gets a smaller KV cache or fails to load; stop the other processes (nvidia-smi "
+                   "lists them) unless those GPUs are not this server's")
     if node.count > 1 and node.env.shm_gb < MIN_SHM_GB:
         out.append(f"/dev/shm is {node.env.shm_gb:.1f} GB; multi-GPU runs want >= {MIN_SHM_GB:.0f} GB "
                    "(docker --shm-size, or an emptyDir medium Memory)")
