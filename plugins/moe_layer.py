@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 import plugins.ops  # registers torch.ops.trtkit.moe
+from plugins.formats.nvfp4 import NVFP4_BLOCK
 from plugins.moe import e2m1_spread
 from plugins.moe.tensors import MAX_TOP_K, ROW_ALIGN, MoeTensors, ProjectionTensors, WeightFormat
 
@@ -24,7 +25,6 @@ PROJECTIONS = ("gate_up_proj", "down_proj")
 ROW_TENSORS = ("", "_weight_scale")                  # [E, in/x, out] in the checkpoint, stored [E, out, in/x]
 SCALAR_TENSORS = ("_weight_scale_2", "_bias")        # kept as they are
 IGNORED = ("_input_scale",)                          # W4A4 activation scales: this MoE is weight-only
-NVFP4_BLOCK = 16                                     # inputs per block scale
 
 
 def _aligned(n: int) -> int:
