@@ -183,9 +183,12 @@ def check_fleet(tp: int, gpus: int, gpu: GpuSpec) -> int:
     return gpus // tp
 
 
-def instance_sizes(gpus: int, gpu: GpuSpec) -> list[int]:
-    """Instance sizes a fleet of `gpus` can run: divisors of the fleet within one NVLink domain."""
-    return _divisors(gpus, up_to=gpu.nvlink_domain)
+def instance_sizes(gpus: int | None, gpu: GpuSpec) -> list[int]:
+    """Instance sizes a fleet of `gpus` can run (None: any fleet): divisors of the fleet within one NVLink
+    domain that fit one host or fill whole hosts. The launchers give every node of an instance the same
+    GPU count (ranks per node), so 6 GPUs over 4-GPU GB200 trays (4 + 2) cannot be deployed."""
+    sizes = range(1, gpu.nvlink_domain + 1) if gpus is None else _divisors(gpus, up_to=gpu.nvlink_domain)
+    return [n for n in sizes if n <= gpu.gpus_per_host or n % gpu.gpus_per_host == 0]
 
 
 def default_backend(gpu: GpuSpec, moe_tp: int, quant: QuantAlgo | None = None) -> MoeBackend:

@@ -134,9 +134,7 @@ def valid_layouts(model: ModelRef, gpu: GpuSpec, sizes: list[int],
 
 
 def _sizes(req: PlanRequest) -> list[int]:
-    if req.gpus is not None:
-        return instance_sizes(req.gpus, req.gpu)
-    return list(range(1, req.gpu.nvlink_domain + 1))
+    return instance_sizes(req.gpus, req.gpu)
 
 
 def _evaluate(req: PlanRequest, lay: Layout, grid: np.ndarray) -> list[Candidate]:

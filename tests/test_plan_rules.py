@@ -7,9 +7,11 @@ import pytest
 from recipes.errors import LayoutError
 from recipes.hardware import gpu
 from recipes.layout import Layout, check_fleet, check_layout, instance_sizes
+from recipes.memory import Workload
 from recipes.model import resolve_model
 from recipes.precision import KvDtype, MoeBackend, QuantAlgo
-from recipes.search import valid_layouts
+from recipes.render import write_picks
+from recipes.search import PlanRequest, Sla, search, valid_layouts
 
 B, H, N16 = QuantAlgo.W4A8_MXFP4_MXFP8, QuantAlgo.W4A16_MXFP4, QuantAlgo.W4A16_NVFP4
 SPEC120 = resolve_model("gpt-oss-120b").spec
@@ -96,9 +98,22 @@ def test_fleet_must_divide_into_instances():
 
 
 def test_instance_sizes_stay_in_one_nvlink_domain():
-    assert instance_sizes(72, gpu("gb200")) == [1, 2, 3, 4, 6, 8, 9, 12, 18, 24, 36, 72]
+    """Divisors of the fleet up to the domain; on GB200 (4-GPU trays) an instance above one tray fills whole
+    trays: 6, 9 and 18 GPUs would put 4 + 2, 4 + 4 + 1, ... ranks on the nodes."""
+    assert instance_sizes(72, gpu("gb200")) == [1, 2, 3, 4, 8, 12, 24, 36, 72]
     assert instance_sizes(16, gpu("b200")) == [1, 2, 4, 8]
     assert instance_sizes(12, gpu("h100")) == [1, 2, 3, 4, 6]
+    assert instance_sizes(None, gpu("gb200"))[:6] == [1, 2, 3, 4, 8, 12]
+
+
+def test_plan_on_an_uneven_gb200_fleet_writes_its_picks(tmp_path):
+    """18 GB200 GPUs: a TP6 instance (2 trays, 4 + 2 ranks) was the throughput pick at >= 51 tokens/s/user and
+    its lws.yaml failed validation (2 pods x 4 GPUs != 6); only whole-tray instances are searched now."""
+    req = PlanRequest(model=resolve_model("gpt-oss-120b"), gpu=gpu("gb200"), work=Workload(1024, 1024), gpus=18,
+                      sla=Sla(min_tps_user=51))
+    result = search(req)
+    assert all(c.layout.tp <= 4 or c.layout.tp % 4 == 0 for c in result.candidates)
+    write_picks(result, tmp_path)
 
 
 def test_search_space_of_a_rack_holds_only_valid_layouts():
