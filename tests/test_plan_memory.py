@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from builder.layout import ExpertFormat
 from recipes.estimate import estimate
 from recipes.hardware import gpu
@@ -15,11 +17,14 @@ from recipes.memory import (
     activation_bytes,
     kv_bytes_per_seq,
     kv_bytes_per_token,
+    max_num_tokens,
+    max_seqs_per_rank,
     memory_breakdown,
     weight_bytes,
 )
 from recipes.model import model_bytes, resolve_model
 from recipes.precision import KvDtype, MoeBackend, QuantAlgo
+from recipes.search import PlanRequest, search
 
 SPEC = resolve_model("gpt-oss-120b").spec
 H, I, E, L, V = 2880, 2880, 128, 36, 201088  # noqa: E741  (I = intermediate_size)
@@ -111,3 +116,43 @@ def test_does_not_fit_and_batch_over_capacity():
     assert 100 < cap < 400
     assert estimate(SPEC, h100, layout, 64, Workload(1024, 1024)).fits_memory
     assert not estimate(SPEC, h100, layout, 1024, Workload(1024, 1024)).fits_memory
+
+
+WEIGHTS_GB200_TP1 = 68_831_997_120  # NVFP4, one GPU (test_max_concurrency_gb200_tp1_by_hand)
+SEQ_2K = 40_108_032                  # KV of one 1024 + 1024-token sequence, FP8, one GPU
+
+
+def reserved_tp1(batch: int) -> float:
+    """Everything but the KV cache on one GPU at max_batch_size `batch` (max_num_tokens 8192)."""
+    act = 8192 * 2 * (8 * H + 4096 + 1024) + 8192 * 4 * 2 * (H + 3 * I) + batch * V * 4
+    return WEIGHTS_GB200_TP1 + act + 2.5 * 2**30 + 0.25 * 2**30 + batch * 0.125 * 2**20
+
+
+def test_kv_capacity_boundary_by_hand():
+    """A GPU with room for 64.9 sequences at batch 64 holds 64 (whole sequences, CUDA-graph slots counted);
+    the search admits max_batch_size 64 there and not 96; half a sequence of room does not fit."""
+    work = Workload(1024, 1024)
+    g = replace(gpu("gb200"), memory_bytes=reserved_tp1(64) + 64.9 * SEQ_2K / 0.85)
+    assert max_seqs_per_rank(SPEC, g, lay(1, 1), np.array([64.0]), work).tolist() == [64]
+    mem = memory_breakdown(SPEC, g, lay(1, 1), 64, work)
+    assert mem.max_seqs_per_rank == 64 and mem.fits
+    req = PlanRequest(model=resolve_model("gpt-oss-120b"), gpu=g, work=work, gpus=1)
+    batches = {c.batch for c in search(req).candidates if c.layout == lay(1, 1)}
+    assert 64 in batches and 96 not in batches
+    tight = replace(gpu("gb200"), memory_bytes=reserved_tp1(1) + 0.5 * SEQ_2K / 0.85)
+    mem = memory_breakdown(SPEC, tight, lay(1, 1), 1, work)
+    assert mem.free_after_load > 0 and mem.max_seqs_per_rank == 0 and not mem.fits
+
+
+def test_attention_dp_routes_every_ranks_tokens_to_the_experts():
+    """DEP4: each rank runs max_num_tokens through attention, and its experts (32 of 128) receive on average
+    tokens x 4 ranks x top-4 / 4 = 4 x tokens routed pairs, as on one GPU holding all 128."""
+    act = 8192 * 2 * (8 * H + 4096 + 1024) + 8192 * 4 * 2 * (H + 3 * I) + 1 * V * 4
+    assert activation_bytes(SPEC, lay(4, 4, adp=True), 1, 8192) == act == 1_217_152_512
+
+
+def test_max_num_tokens_rounds_prompt_plus_batch_up_to_1024():
+    assert max_num_tokens(1, Workload(1024, 1024)) == 8192             # the TensorRT-LLM default floor
+    assert max_num_tokens(64, Workload(8192, 1024)) == 9216            # 8192 + 64 -> 9 x 1024
+    assert max_num_tokens(1024, Workload(8192, 1024)) == 9216
+    assert max_num_tokens(1025, Workload(8192, 1024)) == 10240
