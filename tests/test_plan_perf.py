@@ -90,3 +90,17 @@ def test_estimate_breakdown_adds_up():
 def test_latency_point_is_a_batch_one_prediction():
     lat = [p for p in points() if p.metric is Metric.TPS_PER_USER_AT_BATCH and p.fit]
     assert lat and all(predict(p)[1] == 1 for p in lat)
+
+
+def test_busiest_expert_rank_reads_a_whole_expert():
+    """TP8/EP8, one token: its top-4 experts sit on at most 4 of the 8 ranks, so the busiest rank reads one
+    whole expert per layer (not 4 / 8 of one)."""
+    pm = PerfModel(SPEC, gpu("b200"), lay(8, 8))
+    assert pm.moe(np.float64(1.0)).bytes == pytest.approx(pm.expert_w * SPEC.num_hidden_layers, rel=0.01)
+
+
+def test_expert_flops_split_over_all_ranks():
+    """TP8 with EP1: every token's top-4 experts (gate_up 2880 x 5760 + down 2880 x 2880) split 8 ways."""
+    pm = PerfModel(SPEC, gpu("b200"), lay(8, 1))
+    n = 64.0
+    assert float(pm.moe(n).flops) == pytest.approx(36 * 2 * n * 4 * (2880 * 5760 + 2880 * 2880) / 8)
