@@ -6,12 +6,12 @@ import pytest
 
 from recipes.errors import LayoutError
 from recipes.hardware import gpu
-from recipes.layout import Layout, check_fleet, check_layout, instance_sizes
+from recipes.layout import Layout, check_fleet, check_layout, default_backend, instance_sizes
 from recipes.memory import Workload
 from recipes.model import resolve_model
 from recipes.precision import KvDtype, MoeBackend, QuantAlgo
 from recipes.render import write_picks
-from recipes.search import PlanRequest, Sla, search, valid_layouts
+from recipes.search import Candidate, PlanRequest, Profile, Sla, pareto, pick, search, valid_layouts
 
 B, H, N16 = QuantAlgo.W4A8_MXFP4_MXFP8, QuantAlgo.W4A16_MXFP4, QuantAlgo.W4A16_NVFP4
 SPEC120 = resolve_model("gpt-oss-120b").spec
@@ -132,3 +132,34 @@ def test_hopper_search_space_never_holds_w4a4():
         assert all(x.moe_tp == 1 for x in layouts if x.moe_backend is MoeBackend.TRITON)
         plugin = [x for x in layouts if x.quant is QuantAlgo.W4A16_NVFP4]
         assert {(x.tp, x.moe_backend) for x in plugin} == {(1, MoeBackend.TRTKIT)}
+
+
+def test_default_backend_skips_expert_parallel_only_triton_when_moe_tp_above_1():
+    """Hopper MoE is TRITON (expert parallel only) or CUTLASS (gpt-oss.md, serving.md)."""
+    assert default_backend(gpu("h100"), 1, H) is MoeBackend.TRITON
+    assert default_backend(gpu("h100"), 8, H) is MoeBackend.CUTLASS
+    assert default_backend(gpu("b200"), 8, QuantAlgo.NVFP4) is MoeBackend.TRTLLM
+
+
+def cand(user: float, per_gpu: float, tp: int = 1) -> Candidate:
+    return Candidate(layout=lay(tp, 1), batch=1, concurrency=1, replicas=1, max_concurrency=1, ttft_ms=1.0,
+                     tpot_ms=1000 / user, tps_per_user=user, tps_per_gpu=per_gpu, tps_instance=per_gpu * tp)
+
+
+def test_frontier_and_picks_by_hand():
+    """Frontier: no point beaten on both axes (a tie on tokens/s/GPU keeps the faster one). Picks: latency =
+    the most GPU-efficient point within 5% of the best tokens/s/user (96 >= 0.95 x 100); throughput = the best
+    tokens/s/GPU; balanced = max (user / 100) x (gpu / 400): 0.025, 0.12, 0.24, 0.2 -> (80, 120)."""
+    a, b, c, d = cand(100, 10, tp=8), cand(96, 50, tp=8), cand(80, 120), cand(20, 400)
+    dominated = [cand(90, 50), cand(70, 100), cand(10, 400)]
+    front = pareto([d, *dominated, c, b, a])
+    assert front == [a, b, c, d]
+    assert pick(front) == {Profile.LATENCY: b, Profile.BALANCED: c, Profile.THROUGHPUT: d}
+
+
+def test_attention_dp_concurrency_is_batch_times_ranks():
+    """serving.md: under attention DP max_batch_size counts per rank, so concurrency = max_batch_size x GPUs."""
+    req = PlanRequest(model=resolve_model("gpt-oss-120b"), gpu=gpu("b200"), work=Workload(1024, 1024), gpus=8)
+    adp = [c for c in search(req).candidates if c.layout.attention_dp]
+    assert adp and all(c.concurrency == c.batch * c.layout.tp for c in adp)
+    assert all(c.max_concurrency % c.layout.tp == 0 for c in adp)
