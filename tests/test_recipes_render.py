@@ -14,10 +14,10 @@ import yaml
 from builder.synth import SHAPES
 from recipes.errors import RecipeError
 from recipes.hardware import gpu
-from recipes.memory import Workload
+from recipes.memory import CONSTANTS, Workload
 from recipes.model import resolve_model
 from recipes.precision import QuantAlgo
-from recipes.recipe import DYNAMO_TRTLLM, FILES, OPTIONS_FILE, TRTLLM_IMAGE, TRTLLM_VERSION
+from recipes.recipe import DYNAMO_TRTLLM, FILES, OPTIONS_FILE, TRTLLM_IMAGE, TRTLLM_VERSION, Recipe
 from recipes.render import RENDERERS, recipes_of, write_picks, write_recipe
 from recipes.search import PlanRequest, Profile, search
 from recipes.validate import NATIVE_KEYS, validate_folder
@@ -152,3 +152,60 @@ def test_shell_metacharacters_are_quoted(tmp_path):
     args = json.loads(subprocess.run(["bash", str(folder / "serve.sh")], capture_output=True, text=True, env=env,
                                      cwd=tmp_path, check=True).stdout)
     assert args[0] == str(ckpt)
+
+
+def test_options_match_the_memory_model_and_the_curated_configs(rack):
+    """CUDA graphs padded up to max_batch_size (curated gpt-oss configs); the KV fraction and dtype are the ones
+    the memory model sized the batch with."""
+    for folder in rack.values():
+        opts = yaml.safe_load((folder / OPTIONS_FILE).read_text())
+        doc = yaml.safe_load((folder / "recipe.yaml").read_text())
+        assert opts["cuda_graph_config"] == {"enable_padding": True, "max_batch_size": opts["max_batch_size"]}
+        assert opts["kv_cache_config"] == {"dtype": doc["layout"]["kv_cache_dtype"],
+                                           "free_gpu_memory_fraction": CONSTANTS.free_gpu_memory_fraction}
+
+
+def test_launchers_start_one_mpi_rank_per_gpu(rack):
+    """srun and the LWS leader's mpirun start tensor_parallel_size ranks under trtllm-llmapi-launch, spread
+    gpus_per_node per node; the Slurm array has one task per replica; pods land on the recipe's GPU."""
+    for folder in rack.values():
+        doc = yaml.safe_load((folder / "recipe.yaml").read_text())
+        tp, per_node, nodes = doc["gpu"]["per_instance"], doc["gpu"]["gpus_per_node"], doc["gpu"]["nodes_per_instance"]
+        slurm = (folder / "slurm.sbatch").read_text()
+        assert f"#SBATCH --nodes={nodes}\n#SBATCH --ntasks-per-node={per_node}\n" in slurm and nodes * per_node == tp
+        assert f"#SBATCH --array=0-{doc['gpu']['replicas'] - 1}\n" in slurm
+        srun = slurm[slurm.index("srun "):]
+        assert srun.startswith(f"srun --mpi=pmix --ntasks={tp} --ntasks-per-node={per_node} ")
+        assert "trtllm-llmapi-launch trtllm-serve" in srun
+        cm, lws = yaml.safe_load_all((folder / "lws.yaml").read_text())
+        template = lws["spec"]["leaderWorkerTemplate"]
+        pod = (template.get("leaderTemplate") or template["workerTemplate"])["spec"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": gpu("gb200").k8s_product}
+        if nodes > 1:
+            script = pod["containers"][0]["command"][-1]
+            assert f" -np {tp} " in script and script.count(f":{per_node}\"") == 2  # leader, then each worker
+        cm, graph = yaml.safe_load_all((folder / "dynamo.yaml").read_text())
+        cmd = graph["spec"]["services"]["TRTLLMWorker"]["extraPodSpec"]["mainContainer"]["command"]
+        assert cmd[cmd.index("--extra-engine-args") + 1] == f"/config/{OPTIONS_FILE}"
+
+
+def test_serve_sh_replicas_take_their_own_gpus_and_port(tmp_path):
+    """Four TP2 instances share an 8-GPU B200 node: REPLICA=1 gets GPUs 2,3 and port 8001; REPLICA=4 is refused."""
+    req = PlanRequest(model=resolve_model("gpt-oss-120b"), gpu=gpu("b200"), work=Workload(1024, 1024), gpus=8)
+    result = search(req)
+    tp2 = next(c for c in result.candidates if c.layout.tp == 2)
+    r = Recipe(profile=Profile.BALANCED, model=req.model, gpu=req.gpu, work=req.work, sla=req.sla, cand=tp2)
+    folder = write_recipe(r, tmp_path / "r")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "trtllm-serve").write_text("#!/usr/bin/env python3\nimport json, os, sys\n"
+                                       "print(json.dumps([os.environ['CUDA_VISIBLE_DEVICES'], *sys.argv[1:]]))\n")
+    (fake / "trtllm-serve").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "REPLICA": "1"}
+    env.pop("PORT", None)
+    out = json.loads(subprocess.run(["bash", str(folder / "serve.sh")], capture_output=True, text=True, env=env,
+                                    check=True).stdout)
+    assert out[0] == "2,3" and out[out.index("--port") + 1] == "8001"
+    refused = subprocess.run(["bash", str(folder / "serve.sh")], capture_output=True, text=True,
+                             env={**env, "REPLICA": "4"})
+    assert refused.returncode == 1 and "REPLICA must be < 4" in refused.stderr
