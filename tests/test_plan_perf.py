@@ -12,7 +12,7 @@ from recipes.hardware import Compute, gpu
 from recipes.layout import Layout
 from recipes.memory import Workload
 from recipes.model import resolve_model
-from recipes.perf import PerfModel
+from recipes.perf import PerfModel, Term
 from recipes.precision import KvDtype, MoeBackend, QuantAlgo
 from recipes.published import Metric, points, predict
 
@@ -104,3 +104,10 @@ def test_expert_flops_split_over_all_ranks():
     pm = PerfModel(SPEC, gpu("b200"), lay(8, 1))
     n = 64.0
     assert float(pm.moe(n).flops) == pytest.approx(36 * 2 * n * 4 * (2880 * 5760 + 2880 * 2880) / 8)
+
+
+def test_a_roofline_term_is_the_slower_of_memory_and_compute():
+    """8 GB at 8 TB/s = 1 ms against 1 TFLOP at 2 PFLOP/s = 0.5 ms: the stream and the math overlap -> 1 ms,
+    plus the fixed extra; a backend at 0.5 speed doubles both."""
+    assert Term(8e9, 1e12, 8e12, 2e15).seconds == pytest.approx(1e-3)
+    assert Term(8e9, 1e12, 8e12, 2e15, scale=0.5, extra_s=1e-4).seconds == pytest.approx(2.1e-3)
