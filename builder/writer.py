@@ -145,6 +145,9 @@ def check_apart(src: Path, out: Path) -> None:
                           "output folder outside the source's parents")
 
 
+NO_LOCKING = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)  # flock unsupported here
+
+
 def _lock_output(out: Path) -> int:
     """An exclusive lock on `.OUT.lock` beside OUT, held by rank 0 for the whole write (released when the
     process ends, however it ends): a second run to the same OUT fails at once instead of deleting and
@@ -159,6 +162,11 @@ def _lock_output(out: Path) -> int:
         os.close(fd)
         raise OutputError(f"{out}: another trtkit run is writing it (it holds {lock}); wait for that run to "
                           "finish or choose another OUT") from None
+    except OSError as exc:
+        if exc.errno not in NO_LOCKING:
+            os.close(fd)
+            raise
+        # a filesystem without locks (NFS without lockd, Lustre mounted noflock): write unguarded, as before
     return fd
 
 

@@ -112,3 +112,29 @@ def test_a_lock_file_left_by_a_killed_run_does_not_block(tiny_mxfp4, tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_filesystem_without_locks_still_gets_its_output(tmp_path, monkeypatch):
+    """flock fails with ENOLCK on NFS without lockd (ENOSYS on Lustre mounted noflock): the write goes on
+    unguarded, as before the lock existed, instead of refusing every OUT on such a filesystem."""
+    import errno
+    import fcntl
+
+    from builder import writer
+    from builder.parallel import SerialComm
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with writer.atomic_output(tmp_path / "out", False, SerialComm()) as tmp:
+        (tmp / "file").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "file").is_file()
+
+    def broken(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", broken)
+    with pytest.raises(writer.OutputError, match="cannot create OUT"):
+        with writer.atomic_output(tmp_path / "out2", False, SerialComm()):
+            pass
