@@ -105,10 +105,13 @@ def capture(t: MoeTensors, n_tokens: int, config: fused.MoeConfig) -> list[dict]
     return recorded
 
 
+CHILD_PATH: str | None = None  # --child-path: another Triton (pip install --target DIR triton==X) compiles
+
+
 def compile_launch(launch: dict) -> dict:
     """Compile one captured launch for sm_90 in a child process; its K-loop statistics."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHILD_PATH, env.get("PYTHONPATH"), str(ROOT)]))
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--compile"], input=json.dumps(launch),
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if r.returncode:
@@ -237,7 +240,12 @@ def main() -> None:
                     help="auto: what fused_moe picks on a GPU for gpt-oss-120b (128 experts) at that batch")
     ap.add_argument("--spread", action="store_true", help="codes stored as k_major(spread=True) stores them")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child-path", default=None,
+                    help="compile with the Triton installed in this folder (pip install --target DIR triton==X), "
+                         "e.g. the version a GPU node or TensorRT-LLM's container has; the capture stays on this one")
     args = ap.parse_args()
+    global CHILD_PATH
+    CHILD_PATH = args.child_path
     layer = nvfp4_layer(spread=args.spread)
     rows = []
     for n in args.batch:
