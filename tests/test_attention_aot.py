@@ -106,6 +106,19 @@ def test_ptx_for_driver(driver, expected):
     assert aot.ptx_for_driver(driver, 90) == expected
 
 
+@pytest.mark.parametrize("takes_arch", [True, False])
+def test_ptx_for_driver_with_either_tritons_ptxas_lookup(monkeypatch, takes_arch):
+    """Triton 3.6+ has `get_ptxas(arch)`; 3.5 (torch 2.9's, as TensorRT-LLM 1.2 installs it) `get_ptxas()`:
+    both work (3.5's raised a TypeError in driver_ptx_version)."""
+    from types import SimpleNamespace
+
+    from triton.backends.nvidia import compiler
+
+    tool = SimpleNamespace(version="12.8")  # a ptxas of CUDA 12.8: PTX ISA 8.7
+    monkeypatch.setattr(compiler, "get_ptxas", (lambda arch: tool) if takes_arch else (lambda: tool))
+    assert aot.ptx_for_driver(13000, 90) == 87 and aot.ptx_for_driver(12040, 90) == 84
+
+
 def test_ptx_for_driver_is_capped_by_tritons_ptxas():
     """A driver from the far future (CUDA 99.0, PTX 95.0 by the table) gets what Triton's ptxas writes."""
     assert 90 <= aot.ptx_for_driver(99000, 90) < 100

@@ -21,6 +21,7 @@ driver that reads up to 9.0).
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -67,9 +68,11 @@ def ptx_for_driver(cuda_driver_version: int, arch: int) -> int:
     from triton.backends.nvidia import compiler
     major, minor = cuda_driver_version // 1000, cuda_driver_version % 1000 // 10
     driver = compiler.ptx_get_version(f"{major}.{minor}")
-    if not hasattr(compiler, "get_ptxas"):  # older Triton: one ptxas, no per-arch choice
+    if not hasattr(compiler, "get_ptxas"):  # older Triton: no ptxas tool object
         return driver
-    return min(driver, compiler.ptx_get_version(compiler.get_ptxas(arch).version))
+    # Triton 3.6+ picks a ptxas per arch (`get_ptxas(arch)`); 3.5 has one (`get_ptxas()`)
+    ptxas = compiler.get_ptxas(arch) if inspect.signature(compiler.get_ptxas).parameters else compiler.get_ptxas()
+    return min(driver, compiler.ptx_get_version(ptxas.version))
 
 
 def driver_ptx_version(arch: int) -> int:
