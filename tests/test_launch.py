@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from deploy.build import BuildOptions, build
+from deploy.bundle import check_bundle
 
 DATA = Path(__file__).parent / "data"
 INV = DATA / "inventories"
@@ -321,6 +322,22 @@ def test_weights_are_checked_by_size_unless_asked_to_hash(bundle, tmp_path):
     refused(dry(copy, "b200x8", "--verify-weights"), f"checkpoint/{shard.name}: sha256 differs")
     shard.write_bytes(bytes(data[:-1]))
     refused(dry(copy, "b200x8"), f"checkpoint/{shard.name}: {len(data) - 1} bytes, the manifest says {len(data)}")
+
+
+def test_a_grown_shard_and_an_old_manifests_shards_are_caught_without_verify_weights(bundle, tmp_path):
+    """Sizes catch a shard that grew as well as one that shrank; a manifest written before sizes were
+    recorded has no size to compare, so its shards are hashed even for a launch."""
+    copy = copied(bundle, tmp_path)
+    shard = next((copy / "checkpoint").glob("*.safetensors"))
+    data = shard.read_bytes()
+    shard.write_bytes(data + b"\0")
+    assert check_bundle(copy, verify_weights=False) == [
+        f"checkpoint/{shard.name}: {len(data) + 1} bytes, the manifest says {len(data)}"]
+    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes
+    doc = json.loads((copy / "manifest.json").read_text())
+    del doc["sizes"]
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    assert check_bundle(copy, verify_weights=False) == [f"checkpoint/{shard.name}: sha256 differs from the manifest"]
 
 
 def test_a_moved_bundle_serves_its_own_checkpoint(bundle, tmp_path):
