@@ -148,33 +148,45 @@ def check_apart(src: Path, out: Path) -> None:
 NO_LOCKING = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)  # flock unsupported here
 
 
-def _lock_output(out: Path) -> int:
-    """An exclusive lock on `.OUT.lock` beside OUT, held by rank 0 for the whole write (released when the
-    process ends, however it ends): a second run to the same OUT fails at once instead of deleting and
-    sharing the first one's `.OUT.partial`. Returns the lock's descriptor for `_unlock_output`."""
-    lock = out.parent / f".{out.name}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_ino != os.stat(lock).st_ino:  # a finishing run removed the file we opened
-            raise BlockingIOError
-    except (BlockingIOError, FileNotFoundError):
-        os.close(fd)
-        raise OutputError(f"{out}: another trtkit run is writing it (it holds {lock}); wait for that run to "
-                          "finish or choose another OUT") from None
-    except OSError as exc:
-        if exc.errno not in NO_LOCKING:
+def _lock_output(lock: Path, out: Path) -> int:
+    """An exclusive lock on `lock` (`.OUT.lock` beside OUT), held by rank 0 for the whole write (released
+    when the process ends, however it ends): a second run to the same OUT fails at once instead of deleting
+    and sharing the first one's `.OUT.partial`. Returns the lock's descriptor for `_unlock_output`."""
+    for _ in range(5):  # a run finishing meanwhile may remove the file we opened: open the new one
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             os.close(fd)
-            raise
-        # a filesystem without locks (NFS without lockd, Lustre mounted noflock): write unguarded, as before
-    return fd
+            raise OutputError(f"{out}: another trtkit run is writing it (it holds {lock}); wait for that run "
+                              "to finish or choose another OUT") from None
+        except OSError as exc:
+            if exc.errno not in NO_LOCKING:
+                os.close(fd)
+                raise
+            return fd  # a filesystem without locks (NFS without lockd, Lustre noflock): unguarded, as before
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise OutputError(f"{out}: its lock {lock} keeps being replaced by other runs; wait for them to finish")
 
 
-def _unlock_output(out: Path, fd: int) -> None:
+def _unlock_output(lock: Path, fd: int) -> None:
     """Remove the lock file while still holding it, then release it."""
     with suppress(FileNotFoundError):
-        os.unlink(out.parent / f".{out.name}.lock")
+        os.unlink(lock)
     os.close(fd)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """OUT is absent, an empty folder, or (with force) a folder to replace."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory; remove it or choose another OUT")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputError(f"{out}: exists and is not empty; pass --force to replace it")
 
 
 @contextmanager
@@ -183,18 +195,15 @@ def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
     `.OUT.lock` meanwhile (one run per OUT at a time). Commands that read a SRC folder call
     `check_apart(src, out)` first."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a directory; remove it or choose another OUT")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError(f"{out}: exists and is not empty; pass --force to replace it")
+    _check_out(out, force)
     check_creatable(out)
-    tmp = out.parent / f".{out.name}.partial"
-    old = out.parent / f".{out.name}.old"
-    error, lock = None, None
+    tmp, old, lock = (out.parent / f".{out.name}.{suffix}" for suffix in ("partial", "old", "lock"))
+    error, held = None, None
     if comm.rank == 0:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            lock = _lock_output(out)
+            held = _lock_output(lock, out)
+            _check_out(out, force)  # again, locked: a run that finished since the check above made OUT
             for stale in (tmp, old):  # left by a killed run: a folder, or anything else by that name
                 if stale.is_dir() and not stale.is_symlink():
                     shutil.rmtree(stale)
@@ -207,8 +216,8 @@ def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
             error = f"cannot create OUT {out}: {exc.strerror} ({exc.filename}); choose another OUT"
     error = comm.bcast(error)  # every rank learns of rank 0's failure (a barrier would leave them waiting)
     if error:
-        if lock is not None:
-            _unlock_output(out, lock)
+        if held is not None:
+            _unlock_output(lock, held)
         raise OutputError(error)
     try:
         try:
@@ -227,6 +236,6 @@ def atomic_output(out: Path, force: bool, comm: Comm) -> Iterator[Path]:
             else:
                 shutil.rmtree(old, ignore_errors=True)
     finally:
-        if lock is not None:
-            _unlock_output(out, lock)
+        if held is not None:
+            _unlock_output(lock, held)
     comm.barrier()

@@ -138,3 +138,25 @@ def test_a_filesystem_without_locks_still_gets_its_output(tmp_path, monkeypatch)
     with pytest.raises(writer.OutputError, match="cannot create OUT"):
         with writer.atomic_output(tmp_path / "out2", False, SerialComm()):
             pass
+
+
+def test_an_out_finished_by_another_run_while_waiting_for_the_lock_is_not_replaced(tmp_path, monkeypatch):
+    """OUT is checked before the lock and again once it is held: a run that finished in between (its OUT
+    now in place) must not be replaced without --force."""
+    from builder import writer
+    from builder.parallel import SerialComm
+
+    out = tmp_path / "out"
+    locking = writer._lock_output
+
+    def other_run_finishes_first(lock, out_):
+        out_.mkdir()
+        (out_ / "theirs").write_text("finished")
+        return locking(lock, out_)
+
+    monkeypatch.setattr(writer, "_lock_output", other_run_finishes_first)
+    with pytest.raises(writer.OutputError, match="exists and is not empty; pass --force"):
+        with writer.atomic_output(out, False, SerialComm()):
+            pass
+    assert (out / "theirs").read_text() == "finished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
