@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deploy.node import GPU_KEYS  # noqa: E402
 from plugins.trtllm import STORAGES  # noqa: E402
 from recipes.perf import plugin_speed_prior  # noqa: E402
 
@@ -35,12 +36,22 @@ def rows_by_point(result: dict, storage: str) -> dict[tuple[str, int], dict]:
     return {(r["shape"], r["batch"]): r for r in moe[ROW_KEYS[storage]]}
 
 
-def table(result: dict, storage: str) -> tuple[list[str], float]:
-    """Markdown lines (header, rule, one row per point) and the speed prior fitted to them."""
-    main = rows_by_point(result, storage)
+def gpu_key(result: dict) -> str:
+    """The catalog GPU the run was on (its nvidia-smi name), whose model the prior is fitted against."""
+    name = str((result.get("machine") or {}).get("gpu", "")).upper()
+    key = next((k for needle, k in GPU_KEYS if needle in name), None)
+    if key is None:
+        raise SystemExit(f"moe_table: the run's GPU {name or '(none recorded)'!r} is not one of the catalog's "
+                         f"({', '.join(k for _, k in GPU_KEYS)}); pass --gpu")
+    return key
+
+
+def table(result: dict, storage: str, gpu: str) -> tuple[list[str], float]:
+    """Markdown lines (header, rule, one row per point) and the speed prior fitted to them on `gpu`."""
+    timed = {s: rows_by_point(result, s) for s, key in ROW_KEYS.items() if s == storage or result["moe"].get(key)}
+    main = timed[storage]
     other_storage = next(s for s in ROW_KEYS if s != storage)
-    other = rows_by_point(result, other_storage) if result["moe"].get(ROW_KEYS[other_storage]) else {}
-    base = rows_by_point(result, "kmajor") if result["moe"].get("rows") else {}  # the baseline was timed there
+    other, base = timed.get(other_storage, {}), timed.get("kmajor", {})  # the baseline was timed on kmajor
     lines = [HEADER.format(other=other_storage), "|" + "---|" * 12]
     for (shape, batch), r in main.items():
         o, b = other.get((shape, batch)), base.get((shape, batch), {}).get("us_dequant_baseline")
@@ -49,7 +60,7 @@ def table(result: dict, storage: str) -> tuple[list[str], float]:
                  f"{o['us_graph']:.1f}" if o else "-", f"{o['frac_copy_bw']:.2f}" if o else "-",
                  b if b is not None else "-", f"{b / r['us_eager']:.1f}x" if b is not None else "-"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
-    prior = plugin_speed_prior([(s, n, r["us_graph"]) for (s, n), r in main.items()])
+    prior = plugin_speed_prior([(s, n, r["us_graph"]) for (s, n), r in main.items()], gpu)
     return lines, prior
 
 
@@ -58,21 +69,26 @@ def main() -> None:
     ap.add_argument("result", type=Path, help="bench_gpu.py --out JSON")
     ap.add_argument("--storage", choices=sorted(ROW_KEYS), default=STORAGES[0],
                     help="the storage the table reports (default: the plugin's default storage)")
+    ap.add_argument("--gpu", default=None, help="catalog GPU the prior is fitted on (default: the run's GPU)")
     ap.add_argument("--json", action="store_true", help="print {lines, trtkit_speed} as JSON")
     args = ap.parse_args()
     try:
         result = json.loads(args.result.read_text())
     except (OSError, ValueError) as exc:
         raise SystemExit(f"moe_table: cannot read {args.result}: {exc}; pass the file bench_gpu.py --out wrote") from None
-    lines, prior = table(result, args.storage)
+    if not isinstance(result, dict) or not isinstance(result.get("moe"), dict):
+        raise SystemExit(f"moe_table: {args.result} holds no 'moe' results; run bench_gpu.py with --only moe")
+    gpu = args.gpu or gpu_key(result)
+    lines, prior = table(result, args.storage, gpu)
     c = result.get("ceilings", {})
     if args.json:
-        print(json.dumps({"storage": args.storage, "lines": lines, "trtkit_speed": round(prior, 3),
+        print(json.dumps({"storage": args.storage, "gpu": gpu, "lines": lines, "trtkit_speed": round(prior, 3),
                           "copy_gb_s": c.get("copy_gb_s"), "machine": result.get("machine")}))
         return
     print(f"<!-- {result.get('machine')}; copy {c.get('copy_gb_s')} GB/s; storage {args.storage} -->")
     print("\n".join(lines))
-    print(f"\nrecipes.precision.TRTKIT_SPEED = {prior:.2f}  (median predicted / measured over {len(lines) - 2} rows)")
+    print(f"\nrecipes.precision.TRTKIT_SPEED = {prior:.2f}  (median predicted / measured on {gpu} over "
+          f"{len(lines) - 2} rows)")
 
 
 if __name__ == "__main__":

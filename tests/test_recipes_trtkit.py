@@ -51,7 +51,7 @@ def test_speed_prior_follows_the_measurements():
     assert plugin_speed_prior(slower) == pytest.approx(plugin_speed_prior(rows) / 2, rel=1e-9)
 
 
-def bench_json(tmp_path: Path, storages: dict[str, float]) -> Path:
+def bench_json(tmp_path: Path, storages: dict[str, float], gpu: str = "NVIDIA H100 80GB HBM3, 580.159.04") -> Path:
     """A bench_gpu.py --out JSON holding the measured table's points, timed x factor per storage."""
     moe = {}
     for storage, factor in storages.items():
@@ -61,7 +61,7 @@ def bench_json(tmp_path: Path, storages: dict[str, float]) -> Path:
              **({"us_dequant_baseline": 4000} if storage == "kmajor" else {})}
             for m, b, us in measured_moe_decode()]
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps({"machine": {"gpu": "H100"}, "ceilings": {"copy_gb_s": 3000.0}, "moe": moe}))
+    path.write_text(json.dumps({"machine": {"gpu": gpu}, "ceilings": {"copy_gb_s": 3000.0}, "moe": moe}))
     return path
 
 
@@ -78,6 +78,25 @@ def test_moe_table_renders_the_rows_and_prior_the_test_reads(tmp_path):
     assert prior == pytest.approx(plugin_speed_prior(want), abs=0.005)
     assert prior == pytest.approx(2 * TRTKIT_SPEED, rel=0.05)  # twice as fast as the table measured
     assert "| kmajor us |" in run.stdout and "| 4000 |" in run.stdout  # the other storage and the baseline
+
+
+def test_moe_table_fits_the_prior_on_the_gpu_the_run_used(tmp_path):
+    """An H200 run is compared with the model's H200 prediction (faster memory), not the H100's."""
+    def prior(gpu_name: str) -> float:
+        run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"), "--json",
+                              str(bench_json(tmp_path, {"kmajor": 1.0}, gpu_name))],
+                             capture_output=True, text=True, check=True)
+        return json.loads(run.stdout)["trtkit_speed"], json.loads(run.stdout)["gpu"]
+
+    h100, h200 = prior("NVIDIA H100 80GB HBM3, 580.159.04"), prior("NVIDIA H200, 580.159.04")
+    points = measured_moe_decode()
+    assert h100 == (pytest.approx(plugin_speed_prior(points, "h100"), abs=1e-3), "h100")
+    assert h200 == (pytest.approx(plugin_speed_prior(points, "h200"), abs=1e-3), "h200")
+    assert h200[0] < h100[0]  # the same times are slower relative to H200's faster memory
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"),
+                          str(bench_json(tmp_path, {"kmajor": 1.0}, "NVIDIA A100-SXM4-80GB"))],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "not one of the catalog's" in run.stderr and "--gpu" in run.stderr
 
 
 def test_moe_table_names_a_storage_the_run_did_not_time(tmp_path):
