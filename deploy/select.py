@@ -154,12 +154,13 @@ def warnings(r: RecipeRef, node: Node) -> list[str]:
     if node.gpu.key != r.gpu["key"]:
         out.append(f"the recipe was planned for {r.gpu['name']}; this node has {node.gpu.name} "
                    "(same architecture, enough memory): predicted figures will differ")
-    busy = [f"{i} ({g.memory_used_gb:.1f} of {g.memory_gb:.0f} GB)" for i, g in enumerate(node.gpus)
+    used = node.gpus[:r.gpu["gpus_per_node"]]  # the server's: the first ones, unless CUDA_VISIBLE_DEVICES
+    busy = [f"{i} ({g.memory_used_gb:.1f} of {g.memory_gb:.0f} GB)" for i, g in enumerate(used)
             if g.memory_used_gb > BUSY_FRACTION * g.memory_gb]
     if busy:
         out.append(f"memory already in use on GPU {', '.join(busy)}: the recipe was sized for free GPUs, so "
                    "the server gets a smaller KV cache or fails to load; stop the other processes (nvidia-smi "
-                   "lists them) unless those GPUs are not this server's")
+                   "lists them) or point CUDA_VISIBLE_DEVICES at free GPUs")
     if node.count > 1 and node.env.shm_gb < MIN_SHM_GB:
         out.append(f"/dev/shm is {node.env.shm_gb:.1f} GB; multi-GPU runs want >= {MIN_SHM_GB:.0f} GB "
                    "(docker --shm-size, or an emptyDir medium Memory)")

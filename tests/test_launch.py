@@ -373,17 +373,23 @@ def test_a_moved_bundles_scripts_serve_its_own_checkpoint(bundle, tmp_path):
     assert argv[argv.index("trtllm-serve") + 1] == ckpt and f"--container-mounts={ckpt}:{ckpt}," in " ".join(argv)
 
 
-def test_memory_in_use_is_warned_about(bundle, tmp_path):
-    """A GPU with another process's memory on it (a stale server, say): the launch still runs (those GPUs
-    may not be this server's) but says which GPUs and how much, since the recipe was sized for free GPUs."""
+@pytest.mark.parametrize("used", [[0.6, 41.3, 0.5, 0.5, 0.5, 0.5, 0.5, 70.0], [41.3, 12.0]])
+def test_memory_in_use_is_warned_about(bundle, tmp_path, used):
+    """A GPU with another process's memory on it (a stale server, say): the launch still runs but names the
+    GPUs the server will use (the first gpus_per_node) that hold more than 5% in use, and how much."""
     inv = tmp_path / "busy.yaml"
     gpu = {"name": "NVIDIA H100 80GB HBM3", "memory_gb": 85.0, "compute_capability": "9.0", "nvlink_links": 18}
-    inv.write_text(yaml.safe_dump({"driver_version": "580.1", "cuda_version": "13.0", "gpus": [
-        {**gpu, "memory_used_gb": 0.6}, {**gpu, "memory_used_gb": 41.3}]}))
+    inv.write_text(yaml.safe_dump({"driver_version": "580.1", "cuda_version": "13.0",
+                                   "gpus": [{**gpu, "memory_used_gb": u} for u in used]}))
     r = cli("launch", str(bundle), "--dry-run", "--inventory", str(inv))
     assert r.returncode == 0, r.stderr
+    chosen = next(line for line in r.stdout.splitlines() if line.startswith("chosen: "))
+    folder = Path(chosen.rsplit("(", 1)[1].rstrip(")"))
+    n = yaml.safe_load((folder / "recipe.yaml").read_text())["gpu"]["gpus_per_node"]
+    busy = [f"{i} ({u} of 85 GB)" for i, u in enumerate(used[:n]) if u > 0.05 * 85]
     warned = [line for line in r.stdout.splitlines() if "memory already in use" in line]
-    assert warned == ["warning: memory already in use on GPU 1 (41.3 of 85 GB): the recipe was sized for free "
-                      "GPUs, so the server gets a smaller KV cache or fails to load; stop the other processes "
-                      "(nvidia-smi lists them) unless those GPUs are not this server's"], r.stdout
+    assert warned == ([f"warning: memory already in use on GPU {', '.join(busy)}: the recipe was sized for free "
+                       "GPUs, so the server gets a smaller KV cache or fails to load; stop the other processes "
+                       "(nvidia-smi lists them) or point CUDA_VISIBLE_DEVICES at free GPUs"] if busy else []), r.stdout
+    assert n < len(used) or busy  # one case names GPUs, and a GPU past the server's is never named
     assert "memory already in use" not in dry(bundle, "h100x2").stdout   # no figure: nothing said
