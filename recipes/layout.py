@@ -125,6 +125,18 @@ def _one_domain(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
             f"{gpu.nvlink_domain} GPUs; use tp <= {gpu.nvlink_domain} and replicas across domains")
 
 
+def deployable_size(n: int, gpu: GpuSpec) -> bool:
+    """An instance of n GPUs fits one host or fills whole hosts: the launchers give every node of an
+    instance the same GPU count (ranks per node), so 6 GPUs over 4-GPU GB200 trays (4 + 2) cannot run."""
+    return n <= gpu.gpus_per_host or n % gpu.gpus_per_host == 0
+
+
+def _whole_hosts(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
+    if not deployable_size(lay.tp, gpu):
+        raise LayoutError(f"an instance of tensor_parallel_size={lay.tp} GPUs spans {gpu.name} hosts of "
+                          f"{gpu.gpus_per_host} GPUs unevenly; use tp <= {gpu.gpus_per_host} or a multiple of it")
+
+
 def _quant_on_arch(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
     allowed = ARCH_PRECISION[gpu.arch].quants
     if lay.quant not in allowed:
@@ -171,7 +183,7 @@ def _kv_on_arch(lay: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
 
 
 RULES = (_positive, _ep_divides_tp, _experts_divide, _heads_divide, _moe_tp_divides,
-         _attention_dp_needs_ranks, _one_domain, _quant_on_arch, _backend_on_arch, _ep_only_backend,
+         _attention_dp_needs_ranks, _one_domain, _whole_hosts, _quant_on_arch, _backend_on_arch, _ep_only_backend,
          _backend_serves_quant, _single_gpu_backend, _kv_on_arch)
 
 
@@ -185,10 +197,9 @@ def check_fleet(tp: int, gpus: int, gpu: GpuSpec) -> int:
 
 def instance_sizes(gpus: int | None, gpu: GpuSpec) -> list[int]:
     """Instance sizes a fleet of `gpus` can run (None: any fleet): divisors of the fleet within one NVLink
-    domain that fit one host or fill whole hosts. The launchers give every node of an instance the same
-    GPU count (ranks per node), so 6 GPUs over 4-GPU GB200 trays (4 + 2) cannot be deployed."""
+    domain that are `deployable_size`s (the search skips the others rather than have _whole_hosts refuse them)."""
     sizes = range(1, gpu.nvlink_domain + 1) if gpus is None else _divisors(gpus, up_to=gpu.nvlink_domain)
-    return [n for n in sizes if n <= gpu.gpus_per_host or n % gpu.gpus_per_host == 0]
+    return [n for n in sizes if deployable_size(n, gpu)]
 
 
 def default_backend(gpu: GpuSpec, moe_tp: int, quant: QuantAlgo | None = None) -> MoeBackend:

@@ -133,10 +133,6 @@ def valid_layouts(model: ModelRef, gpu: GpuSpec, sizes: list[int],
     return out
 
 
-def _sizes(req: PlanRequest) -> list[int]:
-    return instance_sizes(req.gpus, req.gpu)
-
-
 def _evaluate(req: PlanRequest, lay: Layout, grid: np.ndarray) -> list[Candidate]:
     spec, gpu, work, sla = req.model.spec, req.gpu, req.work, req.sla
     cap = max_seqs_per_rank(spec, gpu, lay, grid, work)
@@ -202,7 +198,7 @@ def pick(front: list[Candidate]) -> dict[Profile, Candidate]:
 
 def search(req: PlanRequest) -> SearchResult:
     check_workload(req.work, req.model.spec)
-    layouts = valid_layouts(req.model, req.gpu, _sizes(req), req.checkpoint)
+    layouts = valid_layouts(req.model, req.gpu, instance_sizes(req.gpus, req.gpu), req.checkpoint)
     grid = np.array(BATCH_GRID, dtype=float)
     cands = [c for lay in layouts for c in _evaluate(req, lay, grid)]
     if not cands:
@@ -221,7 +217,7 @@ def _nothing_fits(req: PlanRequest, layouts: list[Layout]) -> str:
     if req.checkpoint is not None:
         where += f" serving the {req.checkpoint.value} checkpoint"
     if not layouts:
-        return (f"no valid layout of {req.model.name} on {where} (instance sizes {_sizes(req)}); "
+        return (f"no valid layout of {req.model.name} on {where} (instance sizes {instance_sizes(req.gpus, req.gpu)}); "
                 f"see `trtkit plan estimate` for the rule each one breaks")
     users = f" for {req.target_users} users" if req.target_users else ""
     return (f"no deployment of {req.model.name} on {where}{users} fits memory and meets the SLA "

@@ -106,6 +106,15 @@ def test_instance_sizes_stay_in_one_nvlink_domain():
     assert instance_sizes(None, gpu("gb200"))[:6] == [1, 2, 3, 4, 8, 12]
 
 
+def test_a_layout_spanning_hosts_unevenly_is_refused():
+    """The same rule for layouts given by hand (plan estimate, a recipe being validated): TP6 on 4-GPU GB200
+    trays would put 4 + 2 ranks on two nodes; TP8 (two whole trays) and TP3 (one tray) are fine."""
+    with pytest.raises(LayoutError, match=r"tensor_parallel_size=6 GPUs spans .* hosts of 4 GPUs unevenly"):
+        check_layout(lay(6, 2, adp=True), SPEC120, gpu("gb200"))
+    check_layout(lay(8, 8, adp=True), SPEC120, gpu("gb200"))
+    check_layout(lay(8, 8, adp=True), SPEC120, gpu("b200"))  # one 8-GPU host
+
+
 def test_plan_on_an_uneven_gb200_fleet_writes_its_picks(tmp_path):
     """18 GB200 GPUs: a TP6 instance (2 trays, 4 + 2 ranks) was the throughput pick at >= 51 tokens/s/user and
     its lws.yaml failed validation (2 pods x 4 GPUs != 6); only whole-tray instances are searched now."""
