@@ -17,9 +17,15 @@ from __future__ import annotations
 import torch
 
 import plugins.ops  # registers torch.ops.trtkit.moe
-from plugins.formats.nvfp4 import NVFP4_BLOCK
 from plugins.moe import e2m1_spread
-from plugins.moe.tensors import MAX_TOP_K, ROW_ALIGN, MoeTensors, ProjectionTensors, WeightFormat
+from plugins.moe.tensors import (
+    ROW_ALIGN,
+    MoeTensors,
+    ProjectionTensors,
+    WeightFormat,
+    check_top_k,
+    input_multiple,
+)
 
 PROJECTIONS = ("gate_up_proj", "down_proj")
 ROW_TENSORS = ("", "_weight_scale")                  # [E, in/x, out] in the checkpoint, stored [E, out, in/x]
@@ -52,13 +58,12 @@ class TrtkitMoE(torch.nn.Module):
     def __init__(self, num_experts: int, hidden: int, intermediate: int, top_k: int, limit: float,
                  alpha: float, device: torch.device | str | None = None, spread: bool = False):
         super().__init__()
-        block = e2m1_spread.TAIL if spread else NVFP4_BLOCK
+        block = input_multiple(WeightFormat.NVFP4_SPREAD if spread else WeightFormat.NVFP4)
         if hidden % block or intermediate % block:
             raise ValueError(f"trtkit MoE: {'spread' if spread else 'nvfp4'} storage needs hidden and intermediate "
                              f"sizes that are multiples of {block}, got {hidden} and {intermediate}"
                              + ("; use spread=False" if spread else ""))
-        if not 1 <= top_k <= min(num_experts, MAX_TOP_K):
-            raise ValueError(f"trtkit MoE: top_k={top_k} must be in [1, min(E={num_experts}, {MAX_TOP_K})]")
+        check_top_k(top_k, num_experts, "trtkit MoE")
         self.top_k, self.limit, self.alpha, self.spread = top_k, limit, alpha, spread
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.in_features = {"gate_up_proj": hidden, "down_proj": intermediate}

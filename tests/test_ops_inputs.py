@@ -112,7 +112,8 @@ PROJECTION_BAD = {  # name: (format, proj, fields(projection) -> replaced fields
     "bf16 int weight": ("bf16", "down", lambda p: dict(weight=p.weight.to(torch.int32)),
                         r"bf16 projection: weight must be \[E, in, out\] floats, got torch.int32"),
     "scale on another device": ("nvfp4", "down", lambda p: dict(scale=p.scale.to("meta")),
-                                r"scale and global_scale must be on the weight's device cpu, got meta, cpu"),
+                                r"weight, scale and global_scale must be on one device, got weight on cpu, scale on meta, "
+                                r"global_scale on cpu"),
 }
 
 
@@ -137,7 +138,7 @@ def test_moe_op_rejects_a_bad_scale_on_every_path(path):
 
 def test_moe_tensors_reject_a_bias_on_another_device():
     _, _, t = moe_inputs("nvfp4")
-    with pytest.raises(ValueError, match=r"MoE tensors must be on one device: .*down_bias on meta"):
+    with pytest.raises(ValueError, match=r"MoE tensors: gate_up, gate_up_bias, down and down_bias must be on one device, got .*down_bias on meta"):
         MoeTensors(t.gate_up, t.gate_up_bias, t.down, t.down_bias.to("meta"))
 
 

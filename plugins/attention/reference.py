@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from plugins.checks import check_one_device
+
 
 def _correction_dim(rotations: float, dim: int, theta: float, original_max_pos: int) -> float:
     """The (fractional) rotary dimension index that makes `rotations` turns over `original_max_pos`."""
@@ -102,10 +104,7 @@ def check_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: to
     if q_start < 0 or q_start + t > s:
         raise ValueError(f"attention: queries at positions {q_start}..{q_start + t - 1} need keys up to "
                          f"there, but k has {s}; append the new keys to the cache before attending")
-    devices = (q.device, k.device, v.device, sinks.device)
-    if any(dev != devices[0] for dev in devices[1:]):
-        raise ValueError("attention: q, k, v and sinks must be on one device, got "
-                         + ", ".join(f"{n} on {dev}" for n, dev in zip(("q", "k", "v", "sinks"), devices, strict=True)))
+    check_one_device("attention", {"q": q, "k": k, "v": v, "sinks": sinks})
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, *,

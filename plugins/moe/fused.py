@@ -23,9 +23,15 @@ import triton.language as tl
 from plugins.moe import e2m1_spread
 from plugins.moe import triton_formats as F
 from plugins.moe import triton_kernels as K
-from plugins.moe.tensors import MoeTensors, ProjectionTensors, WeightFormat, check_moe_inputs
+from plugins.moe.tensors import (
+    ACTIVATION_DTYPES,
+    MoeTensors,
+    ProjectionTensors,
+    WeightFormat,
+    check_moe_inputs,
+)
 
-_TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+_TL_DTYPE = dict(zip(ACTIVATION_DTYPES, (tl.bfloat16, tl.float16, tl.float32), strict=True))
 _FMT = {WeightFormat.BF16: (F.FMT_BF16, 32), WeightFormat.MXFP4: (F.FMT_MXFP4, 32),
         WeightFormat.NVFP4: (F.FMT_NVFP4, 16), WeightFormat.NVFP4_SPREAD: (F.FMT_NVFP4_SPREAD, 16)}
 _ALIGN_BLOCK = 128    # lanes of the single align program

@@ -23,6 +23,9 @@ from enum import Enum
 
 import torch
 
+from plugins.checks import check_one_device
+from plugins.formats.mxfp4 import MXFP4_BLOCK, MXFP4_BLOCK_BYTES
+from plugins.formats.nvfp4 import NVFP4_BLOCK
 from plugins.moe import e2m1_spread
 from plugins.moe.experts import Bf16Experts, ExpertProjection, ExpertWeights, Mxfp4Experts, Nvfp4Experts
 from plugins.moe.reference import expert_mlp
@@ -47,24 +50,37 @@ class _Layout:
     in_axis: int                            # the weight axis that counts inputs ...
     per_in: int                             # ... this many per element (2 codes a byte; 32 per MXFP4 block)
     out_axis: int
-    in_multiple: int                        # in_features must be a multiple of this
     block: int = 0                          # inputs per block scale (0: no block scales)
+    multiple: int = 0                       # in_features a multiple of this (0: of the block, or any)
+    last: int | None = None                 # the weight's last dimension, when fixed (MXFP4: 16 bytes)
     scale: str | None = None                # the block scales' layout, for messages
     scale_dtype: torch.dtype | None = None
     scale_in_first: bool = True             # scales [E, in/block, out] (NVFP4), else [E, out, in/block]
 
+    @property
+    def in_multiple(self) -> int:
+        return self.multiple or self.block or 1
 
+
+_NVFP4_LAYOUT = dict(weight="torch.uint8 [E, in/2, out]", ndim=3, in_axis=1, per_in=2, out_axis=2,
+                     block=NVFP4_BLOCK, scale="[E, in/16, out]", scale_dtype=torch.float8_e4m3fn)
 _LAYOUTS = {
-    WeightFormat.BF16: _Layout("[E, in, out] floats", 3, 1, 1, 2, 1),
-    WeightFormat.MXFP4: _Layout("torch.uint8 [E, out, in/32, 16]", 4, 2, 32, 1, 32, 32, "[E, out, in/32]",
-                                torch.uint8, scale_in_first=False),
-    WeightFormat.NVFP4: _Layout("torch.uint8 [E, in/2, out]", 3, 1, 2, 2, 16, 16, "[E, in/16, out]",
-                                torch.float8_e4m3fn),
-    WeightFormat.NVFP4_SPREAD: _Layout("torch.uint8 [E, in/2, out]", 3, 1, 2, 2, e2m1_spread.TAIL, 16,
-                                       "[E, in/16, out]", torch.float8_e4m3fn),
+    WeightFormat.BF16: _Layout(weight="[E, in, out] floats", ndim=3, in_axis=1, per_in=1, out_axis=2),
+    WeightFormat.MXFP4: _Layout(weight="torch.uint8 [E, out, in/32, 16]", ndim=4, in_axis=2, per_in=MXFP4_BLOCK,
+                                out_axis=1, block=MXFP4_BLOCK, last=MXFP4_BLOCK_BYTES, scale="[E, out, in/32]",
+                                scale_dtype=torch.uint8, scale_in_first=False),
+    WeightFormat.NVFP4: _Layout(**_NVFP4_LAYOUT),
+    WeightFormat.NVFP4_SPREAD: _Layout(**_NVFP4_LAYOUT, multiple=e2m1_spread.TAIL),
 }
+
+
+def input_multiple(fmt: WeightFormat) -> int:
+    """What a projection's input count must be a multiple of, stored in `fmt`."""
+    return _LAYOUTS[fmt].in_multiple
+
+
 MAX_TOP_K = 8  # experts a token may be routed to (the routing kernel keeps them in registers)
-ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # x and the kernels' dot dtypes
 ROW_ALIGN = 16  # bytes: rows of the FP4 codes and block scales start on this boundary (`aligned_rows`)
 
 
@@ -105,7 +121,7 @@ class ProjectionTensors:
         fmt, w, s, gs, layout = self.fmt, self.weight, self.scale, self.global_scale, _LAYOUTS[self.fmt]
         what = f"{fmt.value} projection"
         dtype_ok = w.is_floating_point() if fmt is WeightFormat.BF16 else w.dtype == torch.uint8
-        if w.ndim != layout.ndim or not dtype_ok or (fmt is WeightFormat.MXFP4 and w.shape[-1] != 16):
+        if w.ndim != layout.ndim or not dtype_ok or layout.last not in (None, w.shape[-1]):
             raise ValueError(f"{what}: weight must be {layout.weight}, got {w.dtype} {tuple(w.shape)}")
         if self.in_features % layout.in_multiple:
             raise ValueError(f"{what}: {self.in_features} inputs must be a multiple of {layout.in_multiple}"
@@ -117,10 +133,7 @@ class ProjectionTensors:
         if gs is not None and (gs.dtype != torch.float32 or gs.numel() != 1):
             raise ValueError(f"{what}: global_scale must be a torch.float32 scalar, got {gs.dtype} "
                              f"{tuple(gs.shape)}")
-        others = [x.device for x in (s, gs) if x is not None]
-        if any(d != w.device for d in others):
-            raise ValueError(f"{what}: scale and global_scale must be on the weight's device {w.device}, got "
-                             + ", ".join(map(str, others)))
+        check_one_device(what, {"weight": w, "scale": s, "global_scale": gs})
 
     @property
     def num_experts(self) -> int:
@@ -212,11 +225,8 @@ class MoeTensors:
         bad = [f"{k}: {got} != {exp}" for k, (got, exp) in want.items() if got != exp]
         if bad:
             raise ValueError("MoE tensors do not form one layer: " + "; ".join(bad))
-        devices = {"gate_up": self.gate_up.weight.device, "gate_up_bias": self.gate_up_bias.device,
-                   "down": self.down.weight.device, "down_bias": self.down_bias.device}
-        if len(set(devices.values())) > 1:
-            raise ValueError("MoE tensors must be on one device: "
-                             + ", ".join(f"{k} on {d}" for k, d in devices.items()))
+        check_one_device("MoE tensors", {"gate_up": self.gate_up.weight, "gate_up_bias": self.gate_up_bias,
+                                         "down": self.down.weight, "down_bias": self.down_bias})
 
     @classmethod
     def from_weights(cls, w: ExpertWeights) -> MoeTensors:
@@ -232,27 +242,24 @@ class MoeTensors:
                              self.down_bias)
 
 
+def check_top_k(top_k: int, num_experts: int, what: str = "moe") -> None:
+    if not 1 <= top_k <= min(num_experts, MAX_TOP_K):
+        raise ValueError(f"{what}: top_k={top_k} must be in [1, min(E={num_experts}, {MAX_TOP_K})]")
+
+
 def check_moe_inputs(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int) -> None:
     """x [N, H] and router logits [N, E] that fit the experts t, and a top_k they can route; one
     ValueError naming the first argument that does not (every implementation of trtkit::moe calls this)."""
     e, h = t.gate_up.num_experts, t.gate_up.in_features
     n = x.shape[0] if x.ndim == 2 else "N"
-    devices = (x.device, logits.device, t.gate_up.weight.device)
-    problems = (  # (failed, its message): the message is only made for a failure (this runs every call)
-        (x.ndim != 2 or x.shape[1] != h or x.dtype not in ACTIVATION_DTYPES,
-         lambda: f"x must be [N, {h}] {'/'.join(str(d).removeprefix('torch.') for d in ACTIVATION_DTYPES)}, "
-                 f"got {x.dtype} {tuple(x.shape)}"),
-        (tuple(logits.shape) != (n, e) or not logits.is_floating_point(),
-         lambda: f"router logits {tuple(logits.shape)} {logits.dtype} must be [N, E] = [{n}, {e}] floats "
-                 "(a row per token of x, a column per expert)"),
-        (not 1 <= top_k <= min(e, MAX_TOP_K), lambda: f"top_k={top_k} must be in [1, min(E={e}, {MAX_TOP_K})]"),
-        (devices[1] != devices[0] or devices[2] != devices[0],
-         lambda: "x, router logits and experts must be on one device, got "
-                 + ", ".join(f"{k} on {d}" for k, d in zip(("x", "router logits", "experts"), devices, strict=True))),
-    )
-    for failed, message in problems:
-        if failed:
-            raise ValueError(f"moe: {message()}")
+    if x.ndim != 2 or x.shape[1] != h or x.dtype not in ACTIVATION_DTYPES:
+        dtypes = "/".join(str(d).removeprefix("torch.") for d in ACTIVATION_DTYPES)
+        raise ValueError(f"moe: x must be [N, {h}] {dtypes}, got {x.dtype} {tuple(x.shape)}")
+    if tuple(logits.shape) != (n, e) or not logits.is_floating_point():
+        raise ValueError(f"moe: router logits {tuple(logits.shape)} {logits.dtype} must be [N, E] = [{n}, {e}] "
+                         "floats (a row per token of x, a column per expert)")
+    check_top_k(top_k, e)
+    check_one_device("moe", {"x": x, "router logits": logits, "experts": t.gate_up.weight})
 
 
 def reference_moe_from_logits(x: torch.Tensor, logits: torch.Tensor, experts: ExpertWeights, top_k: int,
