@@ -187,14 +187,14 @@ def check_moe(g: torch.Generator, tokens=(1, 64, 300), configs=None, spread_conf
             case = f"{fmt} N={n} {str(dtype)[6:]}" + (f" bm={cfg.block_m} bn={cfg.block_n} warps={cfg.num_warps} "
                                                       f"bf16_scale={cfg.bf16_scale} lut={cfg.lut_decode} "
                                                       f"swap_ab={cfg.swap_ab}" if cfg else "")
-            twin = None
-            if cfg is not None and cfg.lut_decode and fmt != "bf16":  # same bits as the bf16_scale decode
-                twin = (t, dataclasses.replace(cfg, lut_decode=False, bf16_scale=True))
-            if fmt == "nvfp4-spread" and dtype == torch.bfloat16:  # same bits as bf16_scale on the plain storage
-                twin = (plain, dataclasses.replace(cfg or moe_fused.default_config(n * TOP_K, e, x.device),
-                                                   lut_decode=False, bf16_scale=True, block_k=128))  # its K step
-            same = None if twin is None else torch.equal(out, moe_fused.fused_moe(x, logits, twin[0], TOP_K,
-                                                                                    config=twin[1]))
+            twins = []  # (experts, config) that must give the same bits
+            if cfg is not None and cfg.lut_decode and fmt != "bf16":  # as the bf16_scale decode
+                twins.append((t, dataclasses.replace(cfg, lut_decode=False, bf16_scale=True)))
+            if fmt == "nvfp4-spread" and dtype == torch.bfloat16:  # as bf16_scale on the plain storage
+                twins.append((plain, dataclasses.replace(cfg or moe_fused.default_config(n * TOP_K, e, x.device),
+                                                         lut_decode=False, bf16_scale=True, block_k=128)))
+            same = all(torch.equal(out, moe_fused.fused_moe(x, logits, w, TOP_K, config=c)) for w, c in twins) \
+                if twins else None
             rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "bit_equal": same,
                          "ok": err <= tol and same is not False})
     return rows

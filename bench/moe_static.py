@@ -105,13 +105,11 @@ def capture(t: MoeTensors, n_tokens: int, config: fused.MoeConfig) -> list[dict]
     return recorded
 
 
-CHILD_PATH: str | None = None  # --child-path: another Triton (pip install --target DIR triton==X) compiles
-
-
-def compile_launch(launch: dict) -> dict:
-    """Compile one captured launch for sm_90 in a child process; its K-loop statistics."""
+def compile_launch(launch: dict, child_path: str | None = None) -> dict:
+    """Compile one captured launch for sm_90 in a child process; its K-loop statistics. child_path: a folder
+    holding another Triton (pip install --target DIR triton==X) to compile with."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHILD_PATH, env.get("PYTHONPATH"), str(ROOT)]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [child_path, env.get("PYTHONPATH"), str(ROOT)]))
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--compile"], input=json.dumps(launch),
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if r.returncode:
@@ -244,8 +242,6 @@ def main() -> None:
                     help="compile with the Triton installed in this folder (pip install --target DIR triton==X), "
                          "e.g. the version a GPU node or TensorRT-LLM's container has; the capture stays on this one")
     args = ap.parse_args()
-    global CHILD_PATH
-    CHILD_PATH = args.child_path
     layer = nvfp4_layer(spread=args.spread)
     rows = []
     for n in args.batch:
@@ -253,7 +249,7 @@ def main() -> None:
         name = next(k for k, v in CONFIGS.items() if v == config)
         for launch in capture(layer, n, config):
             rows.append({"batch": n, "config": name, "storage": "spread" if args.spread else "nvfp4",
-                         **summarize(launch, compile_launch(launch))})
+                         **summarize(launch, compile_launch(launch, args.child_path))})
     if args.json:
         print(json.dumps(rows, indent=1))
         return
