@@ -23,6 +23,7 @@ from plugins.trtllm import STORAGES  # noqa: E402
 from recipes.perf import plugin_speed_prior  # noqa: E402
 
 ROW_KEYS = {"kmajor": "rows", "spread": "spread_rows"}  # bench_gpu's JSON lists, by storage
+ROW_FIELDS = ("shape", "batch", "active_experts", "weight_mb", "us_graph", "us_eager", "weight_gb_s", "frac_copy_bw")
 HEADER = ("| shape | batch | experts hit | weight MB | us (graph) | us (eager) | GB/s | of copy BW "
           "| {other} us | {other} of copy BW | baseline us | speed-up (eager) |")
 
@@ -33,7 +34,13 @@ def rows_by_point(result: dict, storage: str) -> dict[tuple[str, int], dict]:
     if not isinstance(moe, dict) or not moe.get(ROW_KEYS[storage]):
         raise SystemExit(f"moe_table: the JSON has no '{ROW_KEYS[storage]}' under 'moe' ({storage} storage "
                          f"not timed); rerun bench_gpu.py with --only moe --storage {storage}")
-    return {(r["shape"], r["batch"]): r for r in moe[ROW_KEYS[storage]]}
+    rows = moe[ROW_KEYS[storage]]
+    for i, r in enumerate(rows):
+        missing = [k for k in ROW_FIELDS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise SystemExit(f"moe_table: moe.{ROW_KEYS[storage]}[{i}] lacks {', '.join(missing)}; pass the JSON "
+                             "bench_gpu.py --out wrote, unedited")
+    return {(r["shape"], r["batch"]): r for r in rows}
 
 
 def gpu_key(result: dict) -> str:

@@ -99,6 +99,17 @@ def test_moe_table_fits_the_prior_on_the_gpu_the_run_used(tmp_path):
     assert run.returncode != 0 and "not one of the catalog's" in run.stderr and "--gpu" in run.stderr
 
 
+def test_moe_table_names_a_row_without_its_figures(tmp_path):
+    path = bench_json(tmp_path, {"kmajor": 1.0})
+    doc = json.loads(path.read_text())
+    del doc["moe"]["rows"][3]["us_graph"]
+    path.write_text(json.dumps(doc))
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"), str(path)], capture_output=True,
+                         text=True)
+    assert run.returncode != 0 and run.stderr.strip().splitlines() == [
+        "moe_table: moe.rows[3] lacks us_graph; pass the JSON bench_gpu.py --out wrote, unedited"], run.stderr
+
+
 def test_moe_table_names_a_storage_the_run_did_not_time(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"),
                           str(bench_json(tmp_path, {"kmajor": 1.0})), "--storage", "spread"],
