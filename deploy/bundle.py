@@ -148,8 +148,10 @@ def check_bundle(folder: Path, verify_weights: bool = True) -> list[str]:
     """Every problem with a bundle (empty when intact): failed verification, missing, changed or unlisted
     files. verify_weights=False (trtkit launch) compares the weight shards' sizes instead of hashing them:
     hashing tens of GB takes minutes on every launch. Raises BundleError when the manifest is not ours."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
+    return _problems(Path(folder), read_manifest(folder), verify_weights)
+
+
+def _problems(folder: Path, manifest: dict, verify_weights: bool) -> list[str]:
     listed, sizes = manifest["files"], manifest.get("sizes", {})
     actual = _on_disk(folder)
     problems = [f"{name}: missing" for name in sorted(set(listed) - set(actual))]
@@ -166,12 +168,13 @@ def check_bundle(folder: Path, verify_weights: bool = True) -> list[str]:
 def require_intact(folder: Path, verify_weights: bool = False) -> dict:
     """`trtkit launch`'s gate: the bundle's manifest is ours, its verification passed and every file matches
     (weights by size unless verify_weights); its manifest, or one BundleError line with the problems."""
-    problems = check_bundle(folder, verify_weights=verify_weights)
+    manifest = read_manifest(folder)
+    problems = _problems(Path(folder), manifest, verify_weights)
     if problems:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise BundleError(f"{folder}: not launching a bundle that does not match its manifest: "
                           f"{'; '.join(problems[:3])}{more} (trtkit bundle check {folder} lists them; rebuild it)")
-    return read_manifest(folder)
+    return manifest
 
 
 def _failed_verification(folder: Path, manifest: dict) -> list[str]:

@@ -63,7 +63,8 @@ class Layout:
 
 def _divisors(n: int, up_to: int | None = None) -> list[int]:
     """Divisors of n, those <= up_to only when given (a scan to n itself is too slow for a huge n)."""
-    return [d for d in range(1, min(n, n if up_to is None else up_to) + 1) if n % d == 0]
+    top = n if up_to is None else min(n, up_to)
+    return [d for d in range(1, top + 1) if n % d == 0]
 
 
 def check_layout(layout: Layout, spec: ModelSpec, gpu: GpuSpec) -> None:
