@@ -1,5 +1,5 @@
 """The PTX instructions our inline-asm decodes use, executed on CPU with the PTX ISA's definitions, and a
-runner for the program tables those decodes are emitted from (`plugins.moe.e2m1_prmt`, `e2m1_spread`):
+runner for the program tables those decodes are emitted from (`plugins.moe.e2m1_spread`):
 what the tests execute is what `ptx()` emits."""
 
 from __future__ import annotations
@@ -7,20 +7,6 @@ from __future__ import annotations
 import torch
 
 MASK = 0xFFFFFFFF
-
-
-def prmt(a: int, b: int, c: int) -> int:
-    """prmt.b32 (default mode): bytes 0-3 of a, 4-7 of b; c's nibble i picks output byte i, its bit 3
-    fills the byte with the picked byte's sign bit."""
-    pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    out = 0
-    for i in range(4):
-        sel = (c >> (4 * i)) & 0xF
-        byte = pool[sel & 7]
-        if sel & 8:
-            byte = 0xFF if byte & 0x80 else 0x00
-        out |= byte << (8 * i)
-    return out
 
 
 def lop3(a: int, b: int, c: int, lut: int) -> int:
@@ -46,8 +32,7 @@ def bf16x2_mul(a: int, b: int) -> int:
     return int(p[0]) | (int(p[1]) << 16)
 
 
-OPS = {"and": lambda a, b: a & b, "shl": lambda a, b: (a << b) & MASK, "shr": lambda a, b: a >> b,
-       "prmt": prmt, "lop3": lop3, "mul": bf16x2_mul, "rotl": lambda a, n: shf_l_wrap(a, a, n)}
+OPS = {"and": lambda a, b: a & b, "lop3": lop3, "mul": bf16x2_mul, "rotl": lambda a, n: shf_l_wrap(a, a, n)}
 
 
 def run(program, registers: dict[str, int]) -> list[int]:

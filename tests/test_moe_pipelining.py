@@ -8,8 +8,6 @@ and their K bound tested in whole vectors (BENCHMARKS.md, issue 6).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 pytest.importorskip("triton")
@@ -31,8 +29,7 @@ def test_k_major_rows_are_16_byte_aligned(layer):
 
 
 @pytest.mark.parametrize("n_tokens,config", [(1, fused.DECODE_CONFIG), (32, fused.DECODE_CONFIG),
-                                             (128, fused.DECODE_WIDE_CONFIG),
-                                             (1, dataclasses.replace(fused.DECODE_CONFIG, lut_decode=True))])
+                                             (128, fused.DECODE_WIDE_CONFIG)])
 def test_every_k_loop_load_is_pipelined(layer, n_tokens, config):
     launches = moe_static.capture(layer, n_tokens, config)
     assert [la["args"]["GATE_UP"][1] for la in launches] == [True, False]

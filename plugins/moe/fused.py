@@ -36,6 +36,8 @@ _FMT = {WeightFormat.BF16: (F.FMT_BF16, 32), WeightFormat.MXFP4: (F.FMT_MXFP4, 3
         WeightFormat.NVFP4: (F.FMT_NVFP4, 16), WeightFormat.NVFP4_SPREAD: (F.FMT_NVFP4_SPREAD, 16)}
 _ALIGN_BLOCK = 128    # lanes of the single align program
 FUSED_ROUTE_MAX_PAIRS = 128  # (token, slot) pairs routed and sorted by one program (decode batches)
+# warps of that program by the most pairs they serve (H100, BENCHMARKS.md: 128 pairs 12.3 us with 8, 15.6 with 4)
+ROUTE_WARPS = ((16, 4), (FUSED_ROUTE_MAX_PAIRS, 8))
 # (routing rows, combine rows, combine columns) per program: the interpreter pays per program, not per lane
 _SMALL_BLOCKS = {"cuda": (16, 1, 256), "interpreter": (64, 64, 128)}
 
@@ -57,7 +59,6 @@ class MoeConfig:
     split_k: int | None = None
     asm_decode: bool = True   # PTX nibble decode on CUDA (the interpreter always uses plain Triton)
     bf16_scale: bool = False  # with asm_decode and bf16 activations: scale multiply in bf16x2
-    lut_decode: bool = False  # with asm_decode and bf16 activations: byte-lookup decode (same bits as bf16_scale)
     swap_ab: bool = False     # weight tile as the dot's wide (M) operand, tokens as the narrow one
     split_fill: int = 2       # split_k=None: aim for split_fill programs per SM in the down projection
 
@@ -157,7 +158,7 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
         GATE_UP=gate_up, TOP_K=top_k, FMT=fmt, GROUP=group,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         W_DTYPE=_TL_DTYPE[dtype], DOT_DTYPE=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
-        ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale, LUT=cfg.lut_decode, SWAP_AB=cfg.swap_ab,
+        ASM=cfg.asm_decode and not interpret, BF16_SCALE=cfg.bf16_scale, SWAP_AB=cfg.swap_ab,
         W_VEC=_vector(k // 2, cfg.block_k // 2), S_VEC=_vector(k // group, cfg.block_k // group),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -183,7 +184,7 @@ def route_and_sort(logits: torch.Tensor, top_k: int, block_m: int):
         K._route_align_kernel[(1,)](
             logits, weights, ids, counts, ranks, *layout, n, e, logits.stride(0), sorted_ids.numel(),
             max_blocks, TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad, N_PAD=triton.next_power_of_2(n),
-            BLOCK_M=block_m, BLOCK=_ALIGN_BLOCK)
+            BLOCK_M=block_m, BLOCK=_ALIGN_BLOCK, num_warps=next(w for most, w in ROUTE_WARPS if nk <= most))
     else:
         counts = torch.zeros(e, dtype=torch.int32, device=dev)
         rows = _small_blocks(dev)[0]

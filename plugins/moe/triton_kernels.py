@@ -22,7 +22,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from plugins.moe import e2m1_prmt
 from plugins.moe.triton_formats import FMT_BF16, FMT_NVFP4, FMT_NVFP4_SPREAD, _block_scale, _e2m1_f16
 from plugins.moe.triton_spread import _spread_step
 
@@ -179,26 +178,6 @@ def _e2m1_bf16_asm(code, scale):
                                      dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
 
 
-_E2M1_BF16_LUT_PTX: tl.constexpr = tl.constexpr(e2m1_prmt.ptx())
-_E2M1_BF16_LUT_CONSTRAINTS: tl.constexpr = tl.constexpr(e2m1_prmt.CONSTRAINTS)
-_LUT_HI_LO: tl.constexpr = tl.constexpr(e2m1_prmt.CONSTANTS["hi_lo"])
-_LUT_HI_HI: tl.constexpr = tl.constexpr(e2m1_prmt.CONSTANTS["hi_hi"])
-_LUT_LO_LO: tl.constexpr = tl.constexpr(e2m1_prmt.CONSTANTS["lo_lo"])
-_LUT_LO_HI: tl.constexpr = tl.constexpr(e2m1_prmt.CONSTANTS["lo_hi"])
-
-
-@triton.jit
-def _e2m1_bf16_lut_asm(code, scale):
-    """As `_e2m1_bf16_asm` with plain bf16 scales, by byte lookup (`plugins.moe.e2m1_prmt`)."""
-    hi_lo = tl.full(code.shape, _LUT_HI_LO, tl.int32)
-    hi_hi = tl.full(code.shape, _LUT_HI_HI, tl.int32)
-    lo_lo = tl.full(code.shape, _LUT_LO_LO, tl.int32)
-    lo_hi = tl.full(code.shape, _LUT_LO_HI, tl.int32)
-    return tl.inline_asm_elementwise(_E2M1_BF16_LUT_PTX, _E2M1_BF16_LUT_CONSTRAINTS,
-                                     [code, scale, hi_lo, hi_hi, lo_lo, lo_hi],
-                                     dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-
-
 @triton.jit
 def _load_weight(w_ptr, s_ptr, k0, n, K, N, stride_wk, stride_wn, stride_sk, stride_sn,
                  FMT: tl.constexpr, GROUP: tl.constexpr, BK: tl.constexpr, W_VEC: tl.constexpr,
@@ -231,20 +210,14 @@ def _load_weight(w_ptr, s_ptr, k0, n, K, N, stride_wk, stride_wn, stride_sk, str
 @triton.jit
 def _decode_weight(first, second, gs, FMT: tl.constexpr, GROUP: tl.constexpr, BK: tl.constexpr,
                    BN: tl.constexpr, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, ASM: tl.constexpr,
-                   BF16_SCALE: tl.constexpr, LUT: tl.constexpr):
+                   BF16_SCALE: tl.constexpr):
     """`_load_weight`'s bytes -> the weight tile transposed, [BN, BK], rounded to W_DTYPE (the
     activations' dtype, as the reference decodes) and held in DOT_DTYPE. A byte's two codes are
-    adjacent inputs (2j, 2j+1). ASM: PTX nibble decode (CUDA only). LUT (with ASM and bf16 activations):
-    byte-lookup decode (`plugins.moe.e2m1_prmt`), bit-identical to BF16_SCALE. BF16_SCALE (with ASM and bf16
+    adjacent inputs (2j, 2j+1). ASM: PTX nibble decode (CUDA only). BF16_SCALE (with ASM and bf16
     activations): the scale multiply runs in bf16x2, with the block scale rounded to bf16 first (exact
     for MXFP4 and power-of-two NVFP4 scales, else within one bf16 rounding of the reference)."""
     if FMT == FMT_BF16:
         w = first.to(W_DTYPE)
-    elif ASM and LUT and W_DTYPE == tl.bfloat16:
-        scale = _block_scale(second, gs, FMT, 1.0).to(tl.bfloat16)
-        scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
-        lo, hi = _e2m1_bf16_lut_asm(first, scale)
-        w = tl.reshape(tl.join(lo, hi), (BN, BK))
     elif ASM and BF16_SCALE and W_DTYPE == tl.bfloat16:
         scale = _block_scale(second, gs, FMT, 9.223372036854775808e18).to(tl.bfloat16)  # * 2**63
         scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BN, BK // GROUP, GROUP // 2)), (BN, BK // 2))
@@ -266,13 +239,13 @@ def _decode_weight(first, second, gs, FMT: tl.constexpr, GROUP: tl.constexpr, BK
 def _k_step(acc, a_base, valid, raw0, raw1, k0, K, gs, FMT: tl.constexpr, GROUP: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, W_DTYPE: tl.constexpr,
             DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr, BF16_SCALE: tl.constexpr,
-            LUT: tl.constexpr, SWAP_AB: tl.constexpr):
+            SWAP_AB: tl.constexpr):
     """acc += A[:, k0:k0+BLOCK_K] @ W[k0:k0+BLOCK_K, :], W given as `_load_weight` bytes. SWAP_AB: acc is
     transposed, [BLOCK_N, BLOCK_M], and the decoded weight tile is the dot's left operand (the "M" side
     of the tensor-core instruction is the weight's output columns, the tokens are the narrow side)."""
     cols = k0 + tl.arange(0, BLOCK_K)
     a = tl.load(a_base + cols[None, :], mask=valid[:, None] & (cols < K)[None, :], other=0.0)
-    w = _decode_weight(raw0, raw1, gs, FMT, GROUP, BLOCK_K, BLOCK_N, W_DTYPE, DOT_DTYPE, ASM, BF16_SCALE, LUT)
+    w = _decode_weight(raw0, raw1, gs, FMT, GROUP, BLOCK_K, BLOCK_N, W_DTYPE, DOT_DTYPE, ASM, BF16_SCALE)
     if SWAP_AB:
         acc = tl.dot(w, tl.trans(a.to(DOT_DTYPE)), acc, input_precision=PRECISION)
     else:
@@ -288,8 +261,7 @@ def _expert_gemm_kernel(
         GATE_UP: tl.constexpr, TOP_K: tl.constexpr, FMT: tl.constexpr, GROUP: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ASM: tl.constexpr,
-        BF16_SCALE: tl.constexpr, SWAP_AB: tl.constexpr, W_VEC: tl.constexpr, S_VEC: tl.constexpr,
-        LUT: tl.constexpr):
+        BF16_SCALE: tl.constexpr, SWAP_AB: tl.constexpr, W_VEC: tl.constexpr, S_VEC: tl.constexpr):
     """One BLOCK_M block of sorted rows times one expert's weight [K, N] (+ bias).
 
     GATE_UP: A rows are tokens (x[flat // TOP_K]); the BLOCK_N interleaved gate/up columns become
@@ -338,7 +310,7 @@ def _expert_gemm_kernel(
             raw0, raw1 = _load_weight(w_base, s_base, k0, n, k_hi, N, stride_wk, stride_wn, stride_sk,
                                       stride_sn, FMT, GROUP, BLOCK_K, W_VEC, S_VEC)
             acc_t = _k_step(acc_t, a_base, valid, raw0, raw1, k0, k_hi, gs, FMT, GROUP, BLOCK_M, BLOCK_N,
-                            BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM, BF16_SCALE, LUT, SWAP_AB)
+                            BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM, BF16_SCALE, SWAP_AB)
     if SWAP_AB:
         acc = tl.trans(acc_t)
     else:
