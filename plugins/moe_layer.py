@@ -7,9 +7,11 @@ so its loading is tested on CPU.
 Storage: codes [E, out, in/2] u8 and block scales [E, out, in/16] E4M3, input-fastest with every row
 starting on a 16-byte boundary (`ProjectionTensors.k_major`: the layout the kernel decodes and
 pipelines best); the scale rows are allocated padded and sliced when the kernel is called. With
-`spread=True` the rows are stored in the kernel's own order instead (`k_major(spread=True)`, weight format
-`nvfp4_spread`: a 40% shorter K loop on sm_90, see `plugins.moe.e2m1_spread`); TensorRT-LLM's
-model takes it from TRTKIT_MOE_STORAGE=spread (`plugins.trtllm.trtllm_gptoss.modeling`).
+`spread=True` (the default where hidden and intermediate sizes are multiples of 64, as gpt-oss's are) the
+rows are stored in the kernel's own order instead (`k_major(spread=True)`, weight format `nvfp4_spread`: a
+40% shorter K loop on sm_90, see `plugins.moe.e2m1_spread`, and 1.07-1.21x faster decode on an H100,
+BENCHMARKS.md); TensorRT-LLM's model takes the storage from TRTKIT_MOE_STORAGE (spread unless set to kmajor;
+`plugins.trtllm.trtllm_gptoss.modeling`).
 """
 
 from __future__ import annotations
@@ -56,8 +58,11 @@ class TrtkitMoE(torch.nn.Module):
     """All experts of one layer; forward(x [N, H], router_logits [N, E]) -> [N, H] in x's dtype."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int, top_k: int, limit: float,
-                 alpha: float, device: torch.device | str | None = None, spread: bool = False):
+                 alpha: float, device: torch.device | str | None = None, spread: bool | None = None):
         super().__init__()
+        if spread is None:  # the faster storage wherever the sizes allow it (gpt-oss: 2880 = 45 x 64)
+            spread = not (hidden % input_multiple(WeightFormat.NVFP4_SPREAD)
+                          or intermediate % input_multiple(WeightFormat.NVFP4_SPREAD))
         block = input_multiple(WeightFormat.NVFP4_SPREAD if spread else WeightFormat.NVFP4)
         if hidden % block or intermediate % block:
             raise ValueError(f"trtkit MoE: {'spread' if spread else 'nvfp4'} storage needs hidden and intermediate "

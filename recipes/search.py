@@ -115,14 +115,17 @@ class SearchResult:
 def valid_layouts(model: ModelRef, gpu: GpuSpec, sizes: list[int],
                   checkpoint: Checkpoint | None = None) -> list[Layout]:
     """Every layout TensorRT-LLM accepts for these instance sizes (invalid ones are skipped), serving
-    `checkpoint` when one is given."""
+    `checkpoint` when one is given. Plugin MoE backends (trtkit::moe) only when a checkpoint is named: they
+    exist to serve one NVFP4 checkpoint across a mixed fleet, and have not run inside TensorRT-LLM on a GPU
+    node, so a plan that names no checkpoint stays on TensorRT-LLM's own MoE, however fast the kernel."""
     prec = ARCH_PRECISION[gpu.arch]
     spec = model.spec
     quants = [q for q in prec.quants if checkpoint is None or QUANTS[q].checkpoint is checkpoint]
+    backends = [b for b in prec.backends if checkpoint is not None or not b.is_plugin]
     out = []
     for tp in sizes:
         eps = [d for d in range(1, tp + 1) if tp % d == 0 and spec.num_local_experts % d == 0]
-        for ep, adp, backend, quant, kv in itertools.product(eps, (False, True), prec.backends, quants,
+        for ep, adp, backend, quant, kv in itertools.product(eps, (False, True), backends, quants,
                                                              prec.kv_dtypes):
             lay = Layout(tp=tp, ep=ep, attention_dp=adp, moe_backend=backend, quant=quant, kv_dtype=kv)
             try:

@@ -111,3 +111,13 @@ def test_spread_storage_loads_and_matches_the_reference():
     m = TrtkitMoE(e, h, i, k, 7.0, 1.702, device="cpu", spread=True)
     with pytest.raises(ValueError, match="positive normal float32"):
         m.load_weights([w])
+
+
+def test_storage_defaults_to_spread_where_the_sizes_allow():
+    """No storage named: spread (the faster on H100, BENCHMARKS.md) for sizes that are multiples of 64, as
+    gpt-oss's 2880 is; kmajor otherwise, rather than refusing the layer."""
+    assert TrtkitMoE(4, 2880, 2880, 4, 7.0, 1.702, device="meta").spread is True
+    assert TrtkitMoE(4, 192, 128, 2, 7.0, 1.702, device="cpu").spread is True
+    for h, i in ((192, 96), (80, 128)):
+        m = TrtkitMoE(4, h, i, 2, 7.0, 1.702, device="cpu")
+        assert m.spread is False and m.in_features == {"gate_up_proj": h, "down_proj": i}

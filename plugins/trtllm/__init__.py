@@ -18,8 +18,8 @@ TensorRT-LLM's `tools/importlib_utils.py`, `executor/proxy.py`, `executor/worker
 PACKAGE = "trtllm_gptoss"
 MODULE_DIR = "plugins/trtllm/" + PACKAGE       # --custom_module_dirs
 PYTHONPATH = (".", "plugins/trtllm")           # sys.path entries for the server and its workers
-STORAGE_ENV = "TRTKIT_MOE_STORAGE"             # expert storage of the MoE module: kmajor | spread
-STORAGES = ("kmajor", "spread")
+STORAGE_ENV = "TRTKIT_MOE_STORAGE"             # expert storage of the MoE module: spread | kmajor
+STORAGES = ("spread", "kmajor")                # the first is the default (faster on H100: BENCHMARKS.md)
 
 
 def pythonpath(root: str) -> list[str]:
