@@ -9,7 +9,7 @@ from recipes.hardware import gpu
 from recipes.layout import Layout, check_fleet, check_layout, default_backend, instance_sizes
 from recipes.memory import Workload
 from recipes.model import resolve_model
-from recipes.precision import KvDtype, MoeBackend, QuantAlgo
+from recipes.precision import Checkpoint, KvDtype, MoeBackend, QuantAlgo
 from recipes.render import write_picks
 from recipes.search import Candidate, PlanRequest, Profile, Sla, pareto, pick, search, valid_layouts
 
@@ -136,7 +136,10 @@ def test_search_space_of_a_rack_holds_only_valid_layouts():
 
 def test_hopper_search_space_never_holds_w4a4():
     for key in ("h100", "h200"):
-        layouts = valid_layouts(resolve_model("gpt-oss-120b"), gpu(key), [1, 2, 4, 8])
+        model = resolve_model("gpt-oss-120b")
+        assert {x.quant for x in valid_layouts(model, gpu(key), [1, 2, 4, 8])} == {QuantAlgo.W4A16_MXFP4}
+        layouts = valid_layouts(model, gpu(key), [1, 2, 4, 8], Checkpoint.NVFP4) \
+            + valid_layouts(model, gpu(key), [1, 2, 4, 8], Checkpoint.MXFP4)
         assert {x.quant for x in layouts} == {QuantAlgo.W4A16_MXFP4, QuantAlgo.W4A16_NVFP4}
         assert all(x.moe_tp == 1 for x in layouts if x.moe_backend is MoeBackend.TRITON)
         plugin = [x for x in layouts if x.quant is QuantAlgo.W4A16_NVFP4]
