@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -398,6 +400,43 @@ def bench_route(g: torch.Generator, calls: int = 20) -> list[dict]:
     return rows
 
 
+@triton.jit
+def _stream_kernel(w_ptr, out_ptr, steps, s_e, s_t, s_c, s_r, ROWS: tl.constexpr, BYTES: tl.constexpr):
+    """Reads `steps` tiles of ROWS x BYTES bytes, tile c of program (e, t) at e*s_e + t*s_t + c*s_c, its rows
+    s_r apart (the MoE GEMM's weight loads, without the decode), and stores their sum (so nothing is dropped)."""
+    base = w_ptr + tl.program_id(0).to(tl.int64) * s_e + tl.program_id(1).to(tl.int64) * s_t
+    tile = tl.arange(0, ROWS)[:, None] * s_r + tl.arange(0, BYTES)[None, :]
+    acc = tl.zeros((ROWS, BYTES), tl.int32)
+    for c in range(steps):
+        acc += tl.load(base + c * s_c + tile).to(tl.int32)
+    tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(acc, 1), 0))
+
+
+def bench_access(copy_gb_s: float) -> list[dict]:
+    """The weight reads of the MoE GEMM alone, as a fraction of the copy rate: 128 experts x 90 programs,
+    each 64 output rows x 1440 bytes (gpt-oss gate_up, K = 2880), read in 64- or 128-byte steps along
+    the rows as stored now (rows 1440 bytes apart), or with each step's tile contiguous (the rows of a
+    tile one after another, a program's tiles one after another); 4 or 8 tiles in flight (num_stages)."""
+    e, n, row_bytes, rows = 128, 5760, 1440, 64
+    w = torch.randint(0, 255, (e * n * row_bytes,), dtype=torch.uint8, device=DEV)
+    out = torch.empty(e * (n // rows), dtype=torch.int32, device=DEV)
+    res = []
+    for step, stages in itertools.product((64, 128, 32), (4, 8)):
+        steps = row_bytes // step  # 1440 = 22.5 x 64: the last 32 bytes of each row are not read at 64
+        layouts = {"rows (as stored)": (n * row_bytes, rows * row_bytes, step, row_bytes),
+                   "tile-contiguous": (n * row_bytes, rows * row_bytes, rows * step, step)}
+        for name, (s_e, s_t, s_c, s_r) in layouts.items():
+            def run(s_e=s_e, s_t=s_t, s_c=s_c, s_r=s_r, steps=steps, step=step, stages=stages):
+                _stream_kernel[(e, n // rows)](w, out, steps, s_e, s_t, s_c, s_r, ROWS=rows, BYTES=step,
+                                               num_warps=4, num_stages=stages)
+            ms = time_ms(run, reps=20)
+            gb_s = e * n * steps * step / ms / 1e6
+            res.append({"layout": name, "step_bytes": step, "stages": stages, "us": round(ms * 1e3, 1),
+                        "gb_s": round(gb_s), "frac_copy_bw": round(gb_s / copy_gb_s, 3)})
+            print(f"  access {res[-1]}", flush=True)
+    return res
+
+
 # ---- attention -----------------------------------------------------------------------------------
 def visible_pairs(t: int, window: int | None) -> int:
     return sum(min(p + 1, window) if window else p + 1 for p in range(t))
@@ -525,7 +564,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the results here as JSON")
     ap.add_argument("--only", default="check,moe,attention",
-                    help="comma list of check, check-moe (MoE cases only), moe, route, attention")
+                    help="comma list of check, check-moe (MoE cases only), moe, route, access, attention")
     ap.add_argument("--quick", action="store_true",
                     help="MoE sweep over the previous table's configs and the swap_ab ones only")
     ap.add_argument("--no-sweep", action="store_true",
@@ -559,6 +598,9 @@ def main() -> None:
         save()
     if "route" in todo:
         r["route"] = bench_route(g)
+        save()
+    if "access" in todo:
+        r["access"] = bench_access(r["ceilings"]["copy_gb_s"])
         save()
     if "attention" in todo:
         r["attention"] = bench_attention(r["ceilings"]["bf16_matmul_tflops"], r["ceilings"]["copy_gb_s"], g)

@@ -43,3 +43,15 @@ def test_without_a_gpu_it_says_so():
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--only", "moe"],
                          capture_output=True, text=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
     assert run.returncode != 0 and "needs a CUDA GPU" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("step", [64, 32])
+def test_access_kernel_reads_every_byte_once_in_both_layouts(bench_gpu, step):
+    """bench_access's two layouts read the same bytes (each once): the stored sums equal the buffer's."""
+    e, n, row_bytes, rows = 2, 128, 192, 64
+    w = torch.randint(0, 256, (e * n * row_bytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(step))
+    for s_c, s_r in ((step, row_bytes), (rows * step, step)):                # rows as stored, tile-contiguous
+        out = torch.zeros(e * (n // rows), dtype=torch.int32)
+        bench_gpu._stream_kernel[(e, n // rows)](w, out, row_bytes // step, n * row_bytes, rows * row_bytes, s_c, s_r,
+                                                 ROWS=rows, BYTES=step)
+        assert int(out.sum()) == int(w.long().sum())
