@@ -8,8 +8,9 @@ Storage: codes [E, out, in/2] u8 and block scales [E, out, in/16] E4M3, input-fa
 starting on a 16-byte boundary (`ProjectionTensors.k_major`: the layout the kernel decodes and
 pipelines best); the scale rows are allocated padded and sliced when the kernel is called. With
 `spread=True` (the default where hidden and intermediate sizes are multiples of 64, as gpt-oss's are) the
-rows are stored in the kernel's own order instead (`k_major(spread=True)`, weight format `nvfp4_spread`: a
-40% shorter K loop on sm_90, see `plugins.moe.e2m1_spread`, and 1.07-1.21x faster decode on an H100,
+experts are stored in the kernel's own order instead (`k_major(spread=True)`, weight format `nvfp4_spread`,
+[E, in/x, out] tensors whose bytes are reordered along the input axis and chunk-major across output rows:
+a 40% shorter K loop on sm_90 and contiguous weight tiles, see `plugins.moe.e2m1_spread` and
 BENCHMARKS.md); TensorRT-LLM's model takes the storage from TRTKIT_MOE_STORAGE (spread unless set to kmajor;
 `plugins.trtllm.trtllm_gptoss.modeling`).
 """
@@ -74,8 +75,13 @@ class TrtkitMoE(torch.nn.Module):
         self.in_features = {"gate_up_proj": hidden, "down_proj": intermediate}
         out = {"gate_up_proj": 2 * intermediate, "down_proj": hidden}
         for name, n_in in self.in_features.items():
-            self._param(name, (num_experts, out[name], _aligned(n_in // 2)), torch.uint8)
-            self._param(f"{name}_weight_scale", (num_experts, out[name], _aligned(n_in // 16)), torch.float8_e4m3fn)
+            if spread:  # the kernel's storage: [E, in/x, out] shapes, chunk-major bytes (e2m1_spread.store_codes)
+                self._param(name, (num_experts, n_in // 2, out[name]), torch.uint8)
+                self._param(f"{name}_weight_scale", (num_experts, n_in // 16, out[name]), torch.float8_e4m3fn)
+            else:
+                self._param(name, (num_experts, out[name], _aligned(n_in // 2)), torch.uint8)
+                self._param(f"{name}_weight_scale", (num_experts, out[name], _aligned(n_in // 16)),
+                            torch.float8_e4m3fn)
             self._param(f"{name}_weight_scale_2", (), torch.float32)
             self._param(f"{name}_bias", (num_experts, out[name]), torch.bfloat16)
 
@@ -99,16 +105,17 @@ class TrtkitMoE(torch.nn.Module):
                 src = _tensor(w[key]).to(self.device)
                 if suffix in ROW_TENSORS:
                     src = src.mT                                         # [E, out, in/x]
-                    want = (*p.shape[:2], src.shape[-1])
+                    n_in = self.in_features[name] // (2 if suffix == "" else 16)
+                    want = (p.shape[0], p.shape[2] if self.spread else p.shape[1], n_in)
                     if tuple(src.shape) != want or src.dtype != p.dtype:
                         raise ValueError(f"trtkit MoE: mlp.experts.{key} is {src.dtype} {tuple(w[key].shape)}; "
                                          f"expected {p.dtype} with [E, in/x, out] = {(want[0], want[2], want[1])}")
                     if suffix == "_weight_scale":
                         _check_no_nan_scale(src, key)
-                    if self.spread:  # the kernel's order along the input axis, an expert at a time
-                        convert = {"": e2m1_spread.spread, "_weight_scale": e2m1_spread.spread_scales}[suffix]
+                    if self.spread:  # the kernel's storage, an expert at a time
+                        store = {"": e2m1_spread.store_codes, "_weight_scale": e2m1_spread.store_scales}[suffix]
                         for e in range(src.shape[0]):
-                            p.data[e, :, :src.shape[-1]].copy_(convert(src[e], -1))
+                            p.data[e].copy_(store(src[e]))
                     else:
                         p.data[..., :src.shape[-1]].copy_(src)
                 else:
@@ -121,13 +128,16 @@ class TrtkitMoE(torch.nn.Module):
                                            f"trtkit MoE: mlp.experts.{name}_weight_scale_2")
 
     def tensors(self) -> MoeTensors:
-        """The layer as the kernels take it (logical [E, in/x, out] views of the row storage)."""
+        """The layer as the kernels take it (logical [E, in/x, out] views of the row storage; spread: the
+        stored tensors themselves)."""
         proj = {}
         for name, n_in in self.in_features.items():
-            codes = getattr(self, name)[..., :n_in // 2]
-            scale = getattr(self, f"{name}_weight_scale")[..., :n_in // 16]
-            fmt = WeightFormat.NVFP4_SPREAD if self.spread else WeightFormat.NVFP4
-            proj[name] = ProjectionTensors(fmt, codes.mT, scale.mT, getattr(self, f"{name}_weight_scale_2"))
+            codes, scale, gs = (getattr(self, name + s) for s in ("", "_weight_scale", "_weight_scale_2"))
+            if self.spread:
+                proj[name] = ProjectionTensors(WeightFormat.NVFP4_SPREAD, codes, scale, gs)
+            else:
+                proj[name] = ProjectionTensors(WeightFormat.NVFP4, codes[..., :n_in // 2].mT,
+                                               scale[..., :n_in // 16].mT, gs)
         return MoeTensors(proj["gate_up_proj"], self.gate_up_proj_bias, proj["down_proj"], self.down_proj_bias)
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor, **_: object) -> torch.Tensor:

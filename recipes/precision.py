@@ -116,7 +116,7 @@ ARCH_PRECISION: dict[Arch, ArchPrecision] = {
 # of BENCHMARKS.md (graph-timed, batch 1/8/32/128, 120b and 20b layers, spread storage, measured
 # 2026-11-23) of predicted / measured per-layer time; tests/test_recipes_trtkit.py recomputes it from
 # that table.
-TRTKIT_SPEED = 1.21
+TRTKIT_SPEED = 1.40
 
 # Relative speed of the MoE kernels by backend (a prior, not fitted: the published points were measured
 # with the first backend of each architecture, which the calibration absorbs as 1.0). TensorRT-LLM's

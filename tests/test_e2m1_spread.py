@@ -116,3 +116,24 @@ def test_block_scales_are_stored_in_low_high_pairs(k):
         per_half = 4 if base + 8 <= k // 16 else 2
         assert v == base + (i - base) // 2 + per_half * ((i - base) % 2), (i, v)
     assert torch.equal(e2m1_spread.unspread_scales(stored, 1).view(torch.uint8), scale.view(torch.uint8))
+
+
+@pytest.mark.parametrize("k", [64, 192, 2880])
+def test_storage_is_chunk_major_across_rows(k):
+    """store_codes / store_scales: the spread bytes of chunk c of output row n start at c * N * 64 + n * 64
+    (codes; the 64-input tail: rows of 32 bytes) and c * N * 8 + n * 8 (scales; tail rows of 4), so the rows
+    a GEMM program reads in one K step are one block. Written out per row and chunk, then undone by load_*."""
+    n_out, g = 5, torch.Generator().manual_seed(k)
+    codes = torch.randint(0, 256, (2, n_out, k // 2), dtype=torch.uint8, generator=g)      # [E, out, in/2]
+    scales = torch.randint(0, 120, (2, n_out, k // 16), dtype=torch.uint8, generator=g).view(torch.float8_e4m3fn)
+    for stored, rows, per_chunk, load in (
+            (e2m1_spread.store_codes(codes), e2m1_spread.spread(codes, -1), 64, e2m1_spread.load_codes),
+            (e2m1_spread.store_scales(scales), e2m1_spread.spread_scales(scales, -1), 8, e2m1_spread.load_scales)):
+        assert stored.shape == (2, rows.shape[-1], n_out) and stored.is_contiguous() and stored.dtype == rows.dtype
+        flat, rows_b = stored.view(torch.uint8).flatten(1), rows.view(torch.uint8)
+        for c in range(-(-rows.shape[-1] // per_chunk)):
+            width = min(per_chunk, rows.shape[-1] - c * per_chunk)
+            for n in range(n_out):
+                at = c * n_out * per_chunk + n * width
+                assert torch.equal(flat[:, at:at + width], rows_b[:, n, c * per_chunk:c * per_chunk + width]), (c, n)
+        assert torch.equal(load(stored).view(torch.uint8), (codes if per_chunk == 64 else scales).view(torch.uint8))

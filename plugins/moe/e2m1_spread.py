@@ -24,6 +24,12 @@ first (its exponent plus 9, leaving every block scale times it below 2**127) and
 accumulator back after the K loop; both steps are exact, so the result is bit-identical to the plain
 storage's decode (`bf16_scale`). `WORDS` is the design; `SOURCE_BIT`, `PROGRAM` (emitted by `ptx()`) and the
 CPU emulation in the tests are all derived from it.
+
+Across output rows the storage is chunk-major (`store_codes`, `store_scales`): an expert's bytes hold chunk 0
+of every output row, row after row, then chunk 1, and so on (the tail last, its rows half as long), so the
+64 or 128 rows a GEMM program reads at one K step are one contiguous block. Stored row by row, that step
+read 64-byte pieces 1440 bytes apart (gpt-oss), which an H100 streams at 0.62 of its copy rate against 0.96
+for contiguous blocks (`bench_gpu.py --only access`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -198,3 +204,56 @@ def unspread_scales(scale: torch.Tensor, dim: int) -> torch.Tensor:
     """The inverse of `spread_scales`."""
     order = torch.argsort(_scale_order(scale.shape[dim])).to(scale.device)
     return scale.view(torch.uint8).index_select(dim, order).view(scale.dtype)
+
+
+# ---- storage across rows: chunk-major -----------------------------------------------------------------
+CODE_BYTES = CHUNK // 2     # a row's code bytes in one chunk (the tail: half)
+SCALE_BYTES = CHUNK // 16   # a row's block-scale bytes in one chunk (the tail: half)
+
+
+def _widths(k: int, per_chunk: int) -> list[int]:
+    return [per_chunk * size // CHUNK for size in _chunks(k)]
+
+
+def _chunk_major(rows: torch.Tensor, widths: list[int]) -> torch.Tensor:
+    """[..., out, L] (any dtype of 1 byte) -> [..., L, out] contiguous, whose bytes are the chunks of `widths`
+    along L, each [out, width] row after row."""
+    b = rows.view(torch.uint8) if rows.dtype != torch.uint8 else rows
+    parts, start = [], 0
+    for w in widths:
+        parts.append(b[..., start:start + w].flatten(-2))
+        start += w
+    return torch.cat(parts, dim=-1).view(*rows.shape[:-2], rows.shape[-1], rows.shape[-2]).view(rows.dtype)
+
+
+def _row_major(stream: torch.Tensor, widths: list[int]) -> torch.Tensor:
+    """The inverse of `_chunk_major`: [..., L, out] -> [..., out, L]."""
+    out = stream.shape[-1]
+    flat = (stream.view(torch.uint8) if stream.dtype != torch.uint8 else stream).flatten(-2)
+    parts, start = [], 0
+    for w in widths:
+        parts.append(flat[..., start:start + out * w].unflatten(-1, (out, w)))
+        start += out * w
+    return torch.cat(parts, dim=-1).view(stream.dtype)
+
+
+def store_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Packed codes in the checkpoint's order, rows [..., out, in/2] -> the storage: [..., in/2, out]
+    contiguous, spread order within a row, chunk-major across rows."""
+    return _chunk_major(spread(codes, -1), _widths(2 * codes.shape[-1], CODE_BYTES))
+
+
+def load_codes(stored: torch.Tensor) -> torch.Tensor:
+    """The inverse of `store_codes`: rows [..., out, in/2] in the checkpoint's order."""
+    return unspread(_row_major(stored, _widths(2 * stored.shape[-2], CODE_BYTES)), -1)
+
+
+def store_scales(scale: torch.Tensor) -> torch.Tensor:
+    """Block scales in the checkpoint's order, rows [..., out, in/16] -> [..., in/16, out] contiguous, (low,
+    high) pairs within a chunk, chunk-major across rows."""
+    return _chunk_major(spread_scales(scale, -1), _widths(16 * scale.shape[-1], SCALE_BYTES))
+
+
+def load_scales(stored: torch.Tensor) -> torch.Tensor:
+    """The inverse of `store_scales`."""
+    return unspread_scales(_row_major(stored, _widths(16 * stored.shape[-2], SCALE_BYTES)), -1)

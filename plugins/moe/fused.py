@@ -107,7 +107,8 @@ def _small_blocks(device: torch.device) -> tuple[int, int, int]:
 
 def _weight_args(p: ProjectionTensors) -> tuple:
     """(w, s, gs, stride_we, stride_wk, stride_wn, stride_se, stride_sk, stride_sn) as the GEMM reads
-    them: w indexed [expert, packed input row, output column]."""
+    them: w indexed [expert, packed input row, output column] (nvfp4_spread: the kernel reads only the
+    expert strides and computes its chunk-major addresses itself)."""
     w = p.weight
     if p.fmt is WeightFormat.BF16:
         return (w, w, w, w.stride(0), w.stride(1), w.stride(2), 0, 0, 0)

@@ -7,9 +7,11 @@ A projection is (format, weight, scale, global_scale) in the checkpoint's own la
 | `bf16`  | [E, in, out] any float dtype | - | - |
 | `mxfp4` | u8 [E, out, in/32, 16] (blocks) | u8 E8M0 [E, out, in/32] | - |
 | `nvfp4` | u8 [E, in/2, out] (packed, input-major) | float8_e4m3fn [E, in/16, out] | f32 0-d |
-| `nvfp4_spread` | as `nvfp4`, codes reordered along `in` (`plugins.moe.e2m1_spread`) | as `nvfp4`, blocks reordered | as `nvfp4` |
+| `nvfp4_spread` | u8 [E, in/2, out] contiguous: the bytes of `nvfp4` reordered (`plugins.moe.e2m1_spread`) | float8_e4m3fn [E, in/16, out] likewise | as `nvfp4` |
 
-`nvfp4_spread` is the kernel's own storage (`ProjectionTensors.k_major(spread=True)`), never a checkpoint's.
+`nvfp4_spread` is the kernel's own storage (`ProjectionTensors.k_major(spread=True)`), never a checkpoint's: its
+tensors have the `nvfp4` shapes, but their bytes are in the kernel's order, chunk-major across output rows,
+so they are read only through `to_experts` (`e2m1_spread.load_codes`, `load_scales`) or by the kernel.
 
 `reference_moe_from_logits` is the plain-torch MoE given router logits (what the op receives); it runs
 the same steps as `plugins.moe.reference.moe` after its router matmul, so both agree bit for bit.
@@ -133,6 +135,9 @@ class ProjectionTensors:
         if gs is not None and (gs.dtype != torch.float32 or gs.numel() != 1):
             raise ValueError(f"{what}: global_scale must be a torch.float32 scalar, got {gs.dtype} "
                              f"{tuple(gs.shape)}")
+        if fmt is WeightFormat.NVFP4_SPREAD and not (w.is_contiguous() and s.is_contiguous()):
+            raise ValueError(f"{what}: weight and scale must be contiguous (the chunk-major storage "
+                             "`k_major(spread=True)` writes)")
         check_one_device(what, {"weight": w, "scale": s, "global_scale": gs})
 
     @property
@@ -177,8 +182,8 @@ class ProjectionTensors:
         fmt, weight, scale = self.fmt, self.weight, self.scale
         if spread and fmt is WeightFormat.NVFP4:
             e2m1_spread.check_global_scale(float(self.global_scale), "nvfp4 projection: global_scale")
-            fmt, weight, scale = WeightFormat.NVFP4_SPREAD, e2m1_spread.spread(weight, 1), \
-                e2m1_spread.spread_scales(scale, 1)
+            return ProjectionTensors(WeightFormat.NVFP4_SPREAD, e2m1_spread.store_codes(weight.mT),
+                                     e2m1_spread.store_scales(scale.mT), self.global_scale)
         return ProjectionTensors(fmt, aligned_rows(weight.mT).mT, aligned_rows(scale.mT).mT, self.global_scale)
 
     def to_experts(self) -> ExpertProjection:
@@ -187,7 +192,7 @@ class ProjectionTensors:
         if self.fmt is WeightFormat.MXFP4:
             return Mxfp4Experts(self.weight, self.scale)
         if self.fmt is WeightFormat.NVFP4_SPREAD:
-            return Nvfp4Experts(e2m1_spread.unspread(self.weight, 1), e2m1_spread.unspread_scales(self.scale, 1),
+            return Nvfp4Experts(e2m1_spread.load_codes(self.weight).mT, e2m1_spread.load_scales(self.scale).mT,
                                 self.global_scale)
         return Nvfp4Experts(self.weight, self.scale, self.global_scale)
 

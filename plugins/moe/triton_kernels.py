@@ -298,13 +298,11 @@ def _expert_gemm_kernel(
     if FMT == FMT_NVFP4_SPREAD:  # BLOCK_K = the storage chunk (128); K % 128 == 64 leaves a 64-input tail
         k_full = k_lo + (k_hi - k_lo) // BLOCK_K * BLOCK_K
         for k0 in range(k_lo, k_full, BLOCK_K):  # loads pipelined num_stages deep by Triton (cp.async)
-            acc_t = _spread_step(acc_t, a_base, valid, w_base, s_base, n, k0, N, gs, stride_wk, stride_wn,
-                                 stride_sk, stride_sn, BLOCK_N, BLOCK_K, W_DTYPE, DOT_DTYPE, PRECISION, ASM,
-                                 SWAP_AB)
+            acc_t = _spread_step(acc_t, a_base, valid, w_base, s_base, n, k0, N, gs, BLOCK_N, BLOCK_K, W_DTYPE,
+                                 DOT_DTYPE, PRECISION, ASM, SWAP_AB)
         if k_full < k_hi:
-            acc_t = _spread_step(acc_t, a_base, valid, w_base, s_base, n, k_full, N, gs, stride_wk, stride_wn,
-                                 stride_sk, stride_sn, BLOCK_N, BLOCK_K // 2, W_DTYPE, DOT_DTYPE, PRECISION, ASM,
-                                 SWAP_AB)
+            acc_t = _spread_step(acc_t, a_base, valid, w_base, s_base, n, k_full, N, gs, BLOCK_N, BLOCK_K // 2,
+                                 W_DTYPE, DOT_DTYPE, PRECISION, ASM, SWAP_AB)
     else:
         for k0 in range(k_lo, k_hi, BLOCK_K):  # loads pipelined num_stages deep by Triton (cp.async)
             raw0, raw1 = _load_weight(w_base, s_base, k0, n, k_hi, N, stride_wk, stride_wn, stride_sk,

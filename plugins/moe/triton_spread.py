@@ -13,6 +13,9 @@ from plugins.moe.triton_formats import FMT_NVFP4_SPREAD, _block_scale, _e2m1_f16
 _E2M1_SPREAD_PTX: tl.constexpr = tl.constexpr(e2m1_spread.ptx())
 _E2M1_SPREAD_CONSTRAINTS: tl.constexpr = tl.constexpr(e2m1_spread.CONSTRAINTS)
 _SPREAD_MASK: tl.constexpr = tl.constexpr(e2m1_spread.MASK)
+CHUNK_INPUTS: tl.constexpr = tl.constexpr(e2m1_spread.CHUNK)
+CODE_BYTES: tl.constexpr = tl.constexpr(e2m1_spread.CODE_BYTES)
+SCALE_BYTES: tl.constexpr = tl.constexpr(e2m1_spread.SCALE_BYTES)
 _SPREAD_ROT1: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[1][0][0])
 _SPREAD_ROT2: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[2][0][0])
 _SPREAD_ROT3A: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][0][0])
@@ -103,20 +106,22 @@ def _spread_decode(code, s_lo, s_hi, gs, BN: tl.constexpr, H: tl.constexpr, W_DT
 
 
 @triton.jit
-def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs, stride_wk, stride_wn, stride_sk, stride_sn,
+def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs,
                  BLOCK_N: tl.constexpr, BK: tl.constexpr, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
                  PRECISION: tl.constexpr, ASM: tl.constexpr, SWAP_AB: tl.constexpr):
     """acc += A[:, k0:k0+BK] @ W[k0:k0+BK, :] for one whole chunk of spread storage (BK = 128, or the 64
     tail; the kernel only passes chunks inside its K range, so no input is masked): its BK/2 code bytes
     decode to two operand tiles, inputs k0.. and k0+BK/2.., each its own dot, so the decoded registers feed
     the tensor cores without being regrouped. The chunk's block scales are one tile, stored in (low, high)
-    pairs. Every load of the main loop is a cp.async copy Triton pipelines (4 bytes or more a thread)."""
+    pairs. Storage is chunk-major (`e2m1_spread.store_codes`): chunk c of output row n starts at
+    c * N * 64 + n * BK/2 (scales: c * N * 8 + n * BK/16), so the tile of BLOCK_N rows is one contiguous
+    block. Every load of the main loop is a cp.async copy Triton pipelines (4 bytes or more a thread)."""
     H: tl.constexpr = BK // 2
     nmask = (n < N)[:, None]
-    rows = tl.multiple_of(k0 // 2, H) + tl.arange(0, H)                           # code bytes of the chunk
-    code = tl.load(w_base + n[:, None] * stride_wn + rows[None, :] * stride_wk, mask=nmask, other=0)
-    g = tl.multiple_of(k0 // 16, BK // 16) + tl.arange(0, BK // 16)               # (low, high) block pairs
-    s = tl.load(s_base + n[:, None] * stride_sn + g[None, :] * stride_sk, mask=nmask, other=0)
+    chunk = k0 // CHUNK_INPUTS
+    code = tl.load(w_base + chunk * N * CODE_BYTES + n[:, None] * H + tl.arange(0, H)[None, :], mask=nmask, other=0)
+    s = tl.load(s_base + chunk * N * SCALE_BYTES + n[:, None] * (BK // 16) + tl.arange(0, BK // 16)[None, :],
+                mask=nmask, other=0)                                               # (low, high) block pairs
     s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BK // 32, 2)))
     cols = k0 + tl.arange(0, H)
     a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
