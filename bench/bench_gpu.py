@@ -197,7 +197,7 @@ def check_moe(g: torch.Generator, tokens=(1, 64, 300), configs=None, spread_conf
             # plain storage in 128-input steps. The decodes agree bit for bit everywhere, but the tensor cores'
             # float32 sums do not: with mma.sync (no swap_ab), or plain 64-input steps, an H100 rounded some
             # outputs differently (2026-11-23), so those have no twin (None).
-            c = cfg or moe_fused.default_config(n * TOP_K, e, x.device)
+            c = cfg or moe_fused.default_config(n * TOP_K, e, x.device, fmt == "nvfp4-spread")
             twin = dataclasses.replace(c, bf16_scale=True, block_k=128) \
                 if fmt == "nvfp4-spread" and dtype == torch.bfloat16 and c.swap_ab else None
             same = torch.equal(out, moe_fused.fused_moe(x, logits, plain, TOP_K, config=twin)) if twin else None

@@ -13,7 +13,7 @@ Per kernel: registers, shared memory, and in the K loop: instructions, instructi
 plain (synchronous) global loads left in the loop by Triton (each one a memory round trip per K step),
 asynchronous copies (pipelined), shared-memory traffic and barriers (layout shuffles), tensor-core ops.
 
-    python bench/moe_static.py [--batch 1 32 128] [--config auto|decode|wide|prefill] [--spread]
+    python bench/moe_static.py [--batch 1 32 128] [--config auto|decode|decode-spread-1|decode-spread|wide|prefill] [--spread]
                                [--json]
 """
 
@@ -44,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = INTER = 2880   # gpt-oss
 EXPERTS = 4             # the compiled code does not depend on it
 TOP_K = 4
-CONFIGS = {"decode": fused.DECODE_CONFIG, "wide": fused.DECODE_WIDE_CONFIG, "prefill": fused.PREFILL_CONFIG,
+CONFIGS = {"decode": fused.DECODE_CONFIG, "decode-spread-1": fused.SPREAD_DECODE_CONFIGS[0][1],
+           "decode-spread": fused.SPREAD_DECODE_CONFIGS[1][1],
+           "wide": fused.DECODE_WIDE_CONFIG, "prefill": fused.PREFILL_CONFIG,
            "decode-n128": dataclasses.replace(fused.DECODE_CONFIG, block_n=128)}  # bench_gpu's spread extras
 CUDA_CONSTEXPRS = {"DOT_DTYPE": "bf16", "PRECISION": "tf32", "ASM": True}  # what `fused._gemm` passes on CUDA
 _PTR = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.uint8: "u8",
@@ -244,7 +246,7 @@ def main() -> None:
     layer = nvfp4_layer(spread=args.spread)
     rows = []
     for n in args.batch:
-        config = CONFIGS.get(args.config) or fused.default_config(n * TOP_K, 128, torch.device("cuda"))
+        config = CONFIGS.get(args.config) or fused.default_config(n * TOP_K, 128, torch.device("cuda"), args.spread)
         name = next(k for k, v in CONFIGS.items() if v == config)
         for launch in capture(layer, n, config):
             rows.append({"batch": n, "config": name, "storage": "spread" if args.spread else "nvfp4",

@@ -13,6 +13,8 @@ Tolerances (explicit, per dtype):
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -264,3 +266,16 @@ def test_spread_storage_round_trips_and_refuses_what_it_cannot_hold():
     _, w = make_layer(4, 96, 64, "nvfp4", g)
     with pytest.raises(ValueError, match="multiple of 64 inputs"):
         MoeTensors.from_weights(w).k_major(spread=True)
+
+
+def test_default_config_by_storage_and_batch():
+    """On CUDA: decode tiles up to 8 pairs an expert (spread storage: 6 stages for one token, else 3, as
+    measured there), 32-row blocks up to 16, then prefill tiles; the interpreter always takes its own."""
+    cuda = torch.device("cuda")
+    assert fused.default_config(4, 128, cuda) is fused.DECODE_CONFIG and fused.DECODE_CONFIG.num_stages == 4
+    stages = [fused.default_config(p, 128, cuda, spread=True).num_stages for p in (1, 4, 5, 32, 128)]
+    assert stages == [6, 6, 3, 3, 3]
+    assert fused.default_config(32, 128, cuda, spread=True) == dataclasses.replace(fused.DECODE_CONFIG, num_stages=3)
+    assert fused.default_config(16 * 32, 32, cuda, spread=True) is fused.DECODE_WIDE_CONFIG
+    assert fused.default_config(17 * 32, 32, cuda) is fused.PREFILL_CONFIG
+    assert fused.default_config(4, 128, torch.device("cpu"), spread=True) is fused.INTERPRETER_CONFIG

@@ -78,6 +78,10 @@ class MoeConfig:
 INTERPRETER_CONFIG = MoeConfig(64, 128, 128, split_k=1)  # few, large programs: cheap to interpret
 DECODE_CONFIG = MoeConfig(16, 64, 128, num_warps=4, num_stages=4, bf16_scale=True, swap_ab=True,
                           split_fill=8)   # few rows per expert
+# the same on spread storage, by (token, slot) pairs: in both H100 runs of the chunk-major storage
+# (BENCHMARKS.md) 6 stages were 1-10% faster than 4 for one token (4 pairs), 3 stages 1-4.5% faster from 8
+SPREAD_DECODE_CONFIGS = ((4, dataclasses.replace(DECODE_CONFIG, num_stages=6)),
+                         (None, dataclasses.replace(DECODE_CONFIG, num_stages=3)))
 PREFILL_CONFIG = MoeConfig(64, 128, 64, num_warps=4, num_stages=3, split_k=1)
 # more than 8 mean rows per expert: 32-row blocks, so an expert's ~16 rows read its weights once
 DECODE_WIDE_CONFIG = MoeConfig(32, 64, 128, num_warps=4, num_stages=4, bf16_scale=True, swap_ab=True,
@@ -86,11 +90,14 @@ DECODE_MAX_ROWS_PER_EXPERT = 16  # mean (token, slot) pairs per expert up to whi
 MAX_SPLIT_K = 8
 
 
-def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeConfig:
+def default_config(num_pairs: int, num_experts: int, device: torch.device, spread: bool = False) -> MoeConfig:
+    """The tiles for this many (token, slot) pairs over these experts (spread: on `nvfp4_spread` storage)."""
     if device.type != "cuda":
         return INTERPRETER_CONFIG
     if num_pairs <= 8 * num_experts:
-        return DECODE_CONFIG
+        if not spread:
+            return DECODE_CONFIG
+        return next(c for most, c in SPREAD_DECODE_CONFIGS if most is None or num_pairs <= most)
     return DECODE_WIDE_CONFIG if num_pairs <= DECODE_MAX_ROWS_PER_EXPERT * num_experts else PREFILL_CONFIG
 
 
@@ -206,7 +213,8 @@ def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, 
     if n == 0:  # no tokens: nothing to route (the kernels need at least one row)
         return torch.empty_like(x)
     nk = n * top_k
-    cfg = config_for(config or default_config(nk, t.gate_up.num_experts, x.device), t)
+    spread = t.gate_up.fmt is WeightFormat.NVFP4_SPREAD
+    cfg = config_for(config or default_config(nk, t.gate_up.num_experts, x.device, spread), t)
     weights, _, sorting = route_and_sort(logits, top_k, cfg.block_m)
     i = t.down.in_features
     act = torch.empty(sorting[0].numel(), i, dtype=x.dtype, device=x.device)
