@@ -4,17 +4,20 @@
   ceilings   device-to-device copy bandwidth (bytes read + written) and a large BF16 torch.matmul rate
   check      each kernel against its plain-torch reference on this GPU (relative L2 error vs a float32
              reference on the same bf16-rounded inputs; float32 kernels vs the float32 reference)
-  moe        decode MoE (NVFP4 weights stored K-major, BF16 activations), batch 1/8/32/128, gpt-oss-120b
-             and -20b layer shapes: weight bytes of the experts actually routed to / time, as a fraction
-             of the copy bandwidth; speed-up over "dequantize to BF16 then torch matmul" (the
-             plugins.moe reference on the GPU); plus the checkpoint's N-major storage for comparison
+  moe        decode MoE (NVFP4 weights stored K-major and/or spread, --storage; BF16 activations), batch
+             1/8/32/128, gpt-oss-120b and -20b layer shapes: weight bytes of the experts actually routed to
+             / time, as a fraction of the copy bandwidth; speed-up over "dequantize to BF16 then torch
+             matmul" (the plugins.moe reference on the GPU); plus the checkpoint's N-major storage
+  route      the routing-and-sorting program alone, by its warps
+  access     the MoE GEMM's weight reads alone, as stored row by row vs each K step's tile contiguous
   attention  prefill 4k/32k (full causal and 128-band layers): TFLOP/s vs the matmul rate and time vs
              PyTorch SDPA (causal, no sinks, K/V expanded to all heads); decode: KV bytes / time
              as a fraction of the copy bandwidth
 
 Timing: CUDA events, median of repeats after warm-up; decode figures replay a CUDA graph of several
-layers (distinct weights / caches per layer, so the L2 cache does not serve the weights). Kernel tile
-sizes are swept briefly first and the fastest is used (printed). Writes a table and, with --out, JSON.
+layers (distinct weights / caches per layer, so the L2 cache does not serve the weights). MoE tile sizes
+are swept briefly first (unless --no-sweep) and each row reports its fastest config (all printed). Writes
+a table and, with --out, JSON.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ def random_mxfp4(e: int, n_in: int, n_out: int, g: torch.Generator) -> Projectio
 
 def random_layer(e: int, h: int, i: int, fmt: str, g: torch.Generator) -> MoeTensors:
     """fmt: bf16 | mxfp4 | nvfp4 (K-major storage) | nvfp4-nmajor (the checkpoint's storage) | nvfp4-spread
-    (K-major, codes in the kernel's bit order: `k_major(spread=True)`)."""
+    (the kernel's own storage: `k_major(spread=True)`)."""
     if fmt == "bf16":
         w1 = torch.randn(e, h, 2 * i, device=DEV, generator=g) * h**-0.5
         w2 = torch.randn(e, i, h, device=DEV, generator=g) * i**-0.5
@@ -296,6 +299,8 @@ def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float
             timed[c] = graph_ms(partial(_run_layers, x, logits, layers, c)) / len(layers)
         except Exception as exc:  # noqa: BLE001
             print(f"  moe row {shape} batch {n}: {c} failed: {exc!r}"[:2000], flush=True)
+    if not timed:
+        raise RuntimeError(f"moe row {shape} batch {n}: every config failed (printed above)")
     cfg = min(timed, key=timed.get)
     ours = timed[cfg]
     print(f"  moe row {shape} batch {n}: " + ", ".join(f"{t * 1e3:.1f} us {c}" for c, t in timed.items()),
@@ -414,7 +419,7 @@ def _stream_kernel(w_ptr, out_ptr, steps, s_e, s_t, s_c, s_r, ROWS: tl.constexpr
 
 def bench_access(copy_gb_s: float) -> list[dict]:
     """The weight reads of the MoE GEMM alone, as a fraction of the copy rate: 128 experts x 90 programs,
-    each 64 output rows x 1440 bytes (gpt-oss gate_up, K = 2880), read in 64- or 128-byte steps along
+    each 64 output rows x 1440 bytes (gpt-oss gate_up, K = 2880), read in 32-, 64- or 128-byte steps along
     the rows as stored now (rows 1440 bytes apart), or with each step's tile contiguous (the rows of a
     tile one after another, a program's tiles one after another); 4 or 8 tiles in flight (num_stages)."""
     e, n, row_bytes, rows = 128, 5760, 1440, 64

@@ -32,6 +32,7 @@ from plugins.moe.tensors import (
 
 PROJECTIONS = ("gate_up_proj", "down_proj")
 ROW_TENSORS = ("", "_weight_scale")                  # [E, in/x, out] in the checkpoint, stored [E, out, in/x]
+                                                     # (spread: [E, in/x, out], e2m1_spread.store_codes)
 SCALAR_TENSORS = ("_weight_scale_2", "_bias")        # kept as they are
 IGNORED = ("_input_scale",)                          # W4A4 activation scales: this MoE is weight-only
 
@@ -68,7 +69,7 @@ class TrtkitMoE(torch.nn.Module):
         if hidden % block or intermediate % block:
             raise ValueError(f"trtkit MoE: {'spread' if spread else 'nvfp4'} storage needs hidden and intermediate "
                              f"sizes that are multiples of {block}, got {hidden} and {intermediate}"
-                             + ("; use spread=False" if spread else ""))
+                             + ("; use spread=False (TensorRT-LLM: TRTKIT_MOE_STORAGE=kmajor)" if spread else ""))
         check_top_k(top_k, num_experts, "trtkit MoE")
         self.top_k, self.limit, self.alpha, self.spread = top_k, limit, alpha, spread
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

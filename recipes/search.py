@@ -115,9 +115,10 @@ class SearchResult:
 def valid_layouts(model: ModelRef, gpu: GpuSpec, sizes: list[int],
                   checkpoint: Checkpoint | None = None) -> list[Layout]:
     """Every layout TensorRT-LLM accepts for these instance sizes (invalid ones are skipped), serving
-    `checkpoint` when one is given. Plugin MoE backends (trtkit::moe) only when a checkpoint is named: they
-    exist to serve one NVFP4 checkpoint across a mixed fleet, and have not run inside TensorRT-LLM on a GPU
-    node, so a plan that names no checkpoint stays on TensorRT-LLM's own MoE, however fast the kernel."""
+    `checkpoint` when one is given. Plugin MoE backends (trtkit::moe, which serves the NVFP4 checkpoint) only
+    when a checkpoint is named: they exist to serve one NVFP4 checkpoint across a mixed fleet, and have not
+    run inside TensorRT-LLM on a GPU node, so a plan that names no checkpoint stays on TensorRT-LLM's own
+    MoE, however fast the kernel."""
     prec = ARCH_PRECISION[gpu.arch]
     spec = model.spec
     quants = [q for q in prec.quants if checkpoint is None or QUANTS[q].checkpoint is checkpoint]

@@ -57,3 +57,15 @@ def test_spread_storage_decodes_in_fewer_instructions(layer):
     # the PTX reads 4 consecutive code bytes of a thread as one stored group (pack=4): its operands must
     # be laid out in runs of a multiple of 4 along K (sizePerThread), the loop's chunk and the tail's alike
     assert spread["asm_run"] is not None and spread["asm_run"] % 4 == 0, spread
+
+
+@pytest.mark.parametrize("n_tokens", [1, 32])  # the spread defaults: 6 stages for one token, 3 above
+def test_spread_defaults_keep_every_load_pipelined(n_tokens):
+    import torch
+
+    config = fused.default_config(n_tokens * moe_static.TOP_K, 128, torch.device("cuda"), spread=True)
+    assert config.num_stages == (6 if n_tokens == 1 else 3)
+    for la in moe_static.capture(moe_static.nvfp4_layer(spread=True), n_tokens, config):
+        row = moe_static.summarize(la, moe_static.compile_launch(la))
+        assert row["sync_loads_in_loop"] == 0 and row["ldg_in_loop"] == 0, row
+        assert row["async_copies_in_loop"] >= 4, row

@@ -130,8 +130,8 @@ def plugin_recipe(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("work", [Workload(1024, 1024), Workload(8192, 1024)])
 def test_default_hopper_search_keeps_tensorrt_llms_moe(work):
-    """The plugin is a candidate only when the NVFP4 checkpoint is asked for, whatever its speed prior (1.21:
-    faster than the model's TRITON prediction on single-GPU instances, where it used to win 8k/1k picks)."""
+    """The plugin is a candidate only when the NVFP4 checkpoint is asked for, whatever its speed prior (above
+    1: faster than the model's TRITON prediction on single-GPU instances, where it would win 8k/1k picks)."""
     model = resolve_model("gpt-oss-120b")
     res = search(PlanRequest(model=model, gpu=gpu("h100"), work=work, gpus=8))
     assert all(c.layout.moe_backend is not MoeBackend.TRTKIT for c in res.candidates)

@@ -101,7 +101,7 @@ def check_global_scale(value: float, what: str) -> None:
     f32 = torch.finfo(torch.float32)
     if not f32.tiny <= value <= f32.max:
         raise ValueError(f"{what} {value!r} is not a positive normal float32, which the spread storage needs; "
-                         "keep this layer in nvfp4 (spread=False)")
+                         "keep this layer in nvfp4 (spread=False; TensorRT-LLM: TRTKIT_MOE_STORAGE=kmajor)")
 
 
 def _check(codes: torch.Tensor, dim: int) -> None:
@@ -251,6 +251,9 @@ def load_codes(stored: torch.Tensor) -> torch.Tensor:
 def store_scales(scale: torch.Tensor) -> torch.Tensor:
     """Block scales in the checkpoint's order, rows [..., out, in/16] -> [..., in/16, out] contiguous, (low,
     high) pairs within a chunk, chunk-major across rows."""
+    if (16 * scale.shape[-1]) % TAIL:
+        raise ValueError(f"e2m1_spread: needs the block scales of a multiple of {TAIL} inputs along the last dim, "
+                         f"got {tuple(scale.shape)}; keep such a layer in nvfp4 (k_major(spread=False))")
     return _chunk_major(spread_scales(scale, -1), _widths(16 * scale.shape[-1], SCALE_BYTES))
 
 

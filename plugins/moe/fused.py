@@ -4,8 +4,8 @@ fused SwiGLU -> down GEMM -> combine. Four launches up to FUSED_ROUTE_MAX_PAIRS 
 call can be captured in a CUDA graph.
 
 Supported: x [N, H] in bfloat16/float16/float32 on CUDA (or CPU under TRITON_INTERPRET=1); experts in any
-`WeightFormat`, any strides (K-major storage decodes fast, its spread form fastest: see
-`ProjectionTensors.k_major`); any E >= top_k, top_k <= 8; H and I multiples of the FP4 block (16 NVFP4,
+`WeightFormat`, any strides (K-major storage decodes fast; the spread storage, contiguous by construction,
+fastest: see `ProjectionTensors.k_major`); any E >= top_k, top_k <= 8; H and I multiples of the FP4 block (16 NVFP4,
 32 MXFP4; 64 nvfp4_spread; BF16 experts: any).
 Accumulation is float32; the SwiGLU output is stored in x's dtype (the reference rounds each
 intermediate to x's dtype instead, so the two agree to x's precision).

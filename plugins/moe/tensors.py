@@ -172,10 +172,11 @@ class ProjectionTensors:
         (a one-time copy; tensors already so stored are kept). The kernels accept any strides; with
         this storage each thread's bytes are adjacent along the input axis (the layout the tensor-core
         operand wants) and the weight and scale tiles load in wide vectors that Triton pipelines.
-        spread (NVFP4): also reorder the codes and block scales into the kernel's own order
-        (`nvfp4_spread`: a 40% shorter K loop on sm_90 with bf16 activations, same results; H and I
-        multiples of 64; see `plugins.moe.e2m1_spread`)."""
-        if self.fmt is WeightFormat.BF16:
+        spread (NVFP4): the kernel's own storage instead (`nvfp4_spread`: [E, in/x, out] contiguous tensors,
+        codes and block scales reordered along the input axis and chunk-major across output rows; a 40%
+        shorter K loop on sm_90 with bf16 activations and contiguous weight tiles, same results; H and I
+        multiples of 64; see `plugins.moe.e2m1_spread`). Spread storage is kept as it is."""
+        if self.fmt in (WeightFormat.BF16, WeightFormat.NVFP4_SPREAD):
             return self
         if self.fmt is WeightFormat.MXFP4:
             return ProjectionTensors(self.fmt, self.weight, aligned_rows(self.scale))

@@ -13,9 +13,9 @@ from plugins.moe.triton_formats import FMT_NVFP4_SPREAD, _block_scale, _e2m1_f16
 _E2M1_SPREAD_PTX: tl.constexpr = tl.constexpr(e2m1_spread.ptx())
 _E2M1_SPREAD_CONSTRAINTS: tl.constexpr = tl.constexpr(e2m1_spread.CONSTRAINTS)
 _SPREAD_MASK: tl.constexpr = tl.constexpr(e2m1_spread.MASK)
-CHUNK_INPUTS: tl.constexpr = tl.constexpr(e2m1_spread.CHUNK)
-CODE_BYTES: tl.constexpr = tl.constexpr(e2m1_spread.CODE_BYTES)
-SCALE_BYTES: tl.constexpr = tl.constexpr(e2m1_spread.SCALE_BYTES)
+_CHUNK_INPUTS: tl.constexpr = tl.constexpr(e2m1_spread.CHUNK)
+_CODE_BYTES: tl.constexpr = tl.constexpr(e2m1_spread.CODE_BYTES)
+_SCALE_BYTES: tl.constexpr = tl.constexpr(e2m1_spread.SCALE_BYTES)
 _SPREAD_ROT1: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[1][0][0])
 _SPREAD_ROT2: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[2][0][0])
 _SPREAD_ROT3A: tl.constexpr = tl.constexpr(e2m1_spread.WORDS[3][0][0])
@@ -118,9 +118,9 @@ def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs,
     block. Every load of the main loop is a cp.async copy Triton pipelines (4 bytes or more a thread)."""
     H: tl.constexpr = BK // 2
     nmask = (n < N)[:, None]
-    chunk = k0 // CHUNK_INPUTS
-    code = tl.load(w_base + chunk * N * CODE_BYTES + n[:, None] * H + tl.arange(0, H)[None, :], mask=nmask, other=0)
-    s = tl.load(s_base + chunk * N * SCALE_BYTES + n[:, None] * (BK // 16) + tl.arange(0, BK // 16)[None, :],
+    chunk = k0 // _CHUNK_INPUTS
+    code = tl.load(w_base + chunk * N * _CODE_BYTES + n[:, None] * H + tl.arange(0, H)[None, :], mask=nmask, other=0)
+    s = tl.load(s_base + chunk * N * _SCALE_BYTES + n[:, None] * (BK // 16) + tl.arange(0, BK // 16)[None, :],
                 mask=nmask, other=0)                                               # (low, high) block pairs
     s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BK // 32, 2)))
     cols = k0 + tl.arange(0, H)

@@ -29,12 +29,13 @@ def _experts_factory(**moe_params) -> TrtkitMoE:
     if mapping.world_size != 1:
         raise ValueError(f"trtkit MoE plugin: one GPU per model instance (world size {mapping.world_size}); "
                          "serve more replicas, or drop --custom_module_dirs to use TensorRT-LLM's MoE")
-    storage = os.environ.get(STORAGE_ENV, STORAGES[0])
-    if storage not in STORAGES:
+    storage = os.environ.get(STORAGE_ENV)  # unset: TrtkitMoE's default (spread where the sizes allow it)
+    if storage not in (None, *STORAGES):
         raise ValueError(f"{STORAGE_ENV}={storage!r} must be one of {STORAGES}")
     return TrtkitMoE(moe_params["num_experts"], moe_params["hidden_size"], moe_params["intermediate_size"],
                      cfg.num_experts_per_tok, float(getattr(cfg, "swiglu_limit", 7.0)),
-                     float(getattr(cfg, "swiglu_alpha", 1.702)), spread=storage == "spread")
+                     float(getattr(cfg, "swiglu_alpha", 1.702)),
+                     spread=None if storage is None else storage == "spread")
 
 
 @contextmanager
