@@ -256,6 +256,7 @@ def test_spread_storage_round_trips_and_refuses_what_it_cannot_hold():
     _, w = make_layer(4, 64, 192, "nvfp4", g)
     t = MoeTensors.from_weights(w).k_major(spread=True)
     assert t.gate_up.fmt.value == "nvfp4_spread" and t.gate_up.weight.is_contiguous()
+    assert t.gate_up.k_major(spread=True) is t.gate_up and t.down.k_major() is t.down   # kept as stored
     assert torch.equal(t.to_weights().gate_up.packed, w.gate_up.packed)
     assert torch.equal(t.to_weights().down.packed, w.down.packed)
     for bad in (0.0, float("inf")):
