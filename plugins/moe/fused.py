@@ -90,14 +90,17 @@ DECODE_MAX_ROWS_PER_EXPERT = 16  # mean (token, slot) pairs per expert up to whi
 MAX_SPLIT_K = 8
 
 
+def _by_pairs(table: tuple, num_pairs: int):
+    """The value of the first (most pairs, value) row of `table` that covers num_pairs (None: any)."""
+    return next(value for most, value in table if most is None or num_pairs <= most)
+
+
 def default_config(num_pairs: int, num_experts: int, device: torch.device, spread: bool = False) -> MoeConfig:
     """The tiles for this many (token, slot) pairs over these experts (spread: on `nvfp4_spread` storage)."""
     if device.type != "cuda":
         return INTERPRETER_CONFIG
     if num_pairs <= 8 * num_experts:
-        if not spread:
-            return DECODE_CONFIG
-        return next(c for most, c in SPREAD_DECODE_CONFIGS if most is None or num_pairs <= most)
+        return _by_pairs(SPREAD_DECODE_CONFIGS, num_pairs) if spread else DECODE_CONFIG
     return DECODE_WIDE_CONFIG if num_pairs <= DECODE_MAX_ROWS_PER_EXPERT * num_experts else PREFILL_CONFIG
 
 
@@ -192,7 +195,7 @@ def route_and_sort(logits: torch.Tensor, top_k: int, block_m: int):
         K._route_align_kernel[(1,)](
             logits, weights, ids, counts, ranks, *layout, n, e, logits.stride(0), sorted_ids.numel(),
             max_blocks, TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad, N_PAD=triton.next_power_of_2(n),
-            BLOCK_M=block_m, BLOCK=_ALIGN_BLOCK, num_warps=next(w for most, w in ROUTE_WARPS if nk <= most))
+            BLOCK_M=block_m, BLOCK=_ALIGN_BLOCK, num_warps=_by_pairs(ROUTE_WARPS, nk))
     else:
         counts = torch.zeros(e, dtype=torch.int32, device=dev)
         rows = _small_blocks(dev)[0]
