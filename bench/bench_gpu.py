@@ -10,6 +10,7 @@
              matmul" (the plugins.moe reference on the GPU); plus the checkpoint's N-major storage
   route      the routing-and-sorting program alone, by its warps
   access     the MoE GEMM's weight reads alone, as stored row by row vs each K step's tile contiguous
+  parts      the spread GEMM's K loop part by part (reads, + activation tiles, + decode, whole step)
   attention  prefill 4k/32k (full causal and 128-band layers): TFLOP/s vs the matmul rate and time vs
              PyTorch SDPA (causal, no sinks, K/V expanded to all heads); decode: KV bytes / time
              as a fraction of the copy bandwidth
@@ -50,6 +51,7 @@ from plugins.moe.tensors import (  # noqa: E402
     WeightFormat,
     reference_moe_from_logits,
 )
+from plugins.moe.triton_spread import _spread_decode, _spread_step  # noqa: E402
 
 DEV = torch.device("cuda")
 SHAPES = {"gpt-oss-120b": 128, "gpt-oss-20b": 32}  # experts; both H = I = 2880, top-4
@@ -442,6 +444,77 @@ def bench_access(copy_gb_s: float) -> list[dict]:
     return res
 
 
+@triton.jit
+def _parts_kernel(w_ptr, s_ptr, x_ptr, out_ptr, K, N, stride_we, stride_se, stride_x, gs, valid_rows,
+                  ACT: tl.constexpr, DECODE: tl.constexpr, WHOLE: tl.constexpr, ASM: tl.constexpr):
+    """The spread GEMM's K loop over its full 128-input chunks (program (expert, 64 output rows), 16 token
+    rows of which `valid_rows` are real, gate_up-like, `swap_ab` dots), built up part by part: every variant
+    loads the weight and scale tiles and runs the two dots a step (so Triton pipelines the loads as in the
+    GEMM); ACT loads the two activation tiles (else a constant stands in); DECODE runs the spread decode
+    (else the code bytes are only scaled by a scale byte and cast); WHOLE is `_spread_step` itself."""
+    BN: tl.constexpr = 64
+    H: tl.constexpr = 64
+    e = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)
+    w_base, s_base = w_ptr + e * stride_we, s_ptr + e * stride_se
+    rows = tl.arange(0, 16)
+    valid = rows < valid_rows
+    a_base = x_ptr + rows[:, None] * stride_x
+    acc = tl.zeros((BN, 16), tl.float32)
+    for k0 in range(0, K // 128 * 128, 128):
+        if WHOLE:
+            acc = _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs, BN, 128, tl.bfloat16, tl.bfloat16,
+                               "tf32", ASM, True)
+        else:
+            chunk = k0 // 128
+            code = tl.load(w_base + chunk * N * H + n[:, None] * H + tl.arange(0, H)[None, :])
+            s = tl.load(s_base + chunk * N * 8 + n[:, None] * 8 + tl.arange(0, 8)[None, :])
+            if DECODE:
+                s_lo, s_hi = tl.split(tl.reshape(s, (BN, 4, 2)))
+                lo, hi = _spread_decode(code, s_lo, s_hi, gs, BN, H, tl.bfloat16, ASM)
+            else:
+                lo = (code.to(tl.float32) * tl.max(s, 1).to(tl.float32)[:, None]).to(tl.bfloat16)
+                hi = lo
+            if ACT:
+                cols = k0 + tl.arange(0, H)
+                a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None], other=0.0)
+                a_hi = tl.load(a_base + H + cols[None, :], mask=valid[:, None], other=0.0)
+            else:
+                a_lo = tl.full((16, H), 1.0, tl.bfloat16)
+                a_hi = a_lo
+            acc = tl.dot(lo, tl.trans(a_lo), acc, input_precision="tf32")
+            acc = tl.dot(hi, tl.trans(a_hi), acc, input_precision="tf32")
+    tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(acc, 1), 0))
+
+
+PARTS = {"weight loads + dots": (False, False, False), "+ activation tiles": (True, False, False),
+         "+ decode": (False, True, False), "+ activation tiles + decode": (True, True, False),
+         "_spread_step (the GEMM's K step)": (True, True, True)}
+
+
+def bench_parts(copy_gb_s: float, g: torch.Generator, valid_rows: int = 2) -> list[dict]:
+    """Where the spread GEMM's time goes: `_parts_kernel` over gpt-oss-120b's gate_up (128 experts x 90
+    programs, spread storage), its weight bytes / time as a fraction of the copy rate, part by part."""
+    t = random_layer(128, HIDDEN, INTER, "nvfp4-spread", g).gate_up
+    e, k, n = t.num_experts, t.in_features, t.out_features
+    w, s = t.weight, t.scale.view(torch.uint8)
+    x = torch.randn(16, k, device=DEV, generator=g).to(torch.bfloat16)
+    out = torch.empty(e * (n // 64), dtype=torch.float32, device=DEV)
+    nbytes = e * n * (k // 128 * 128) * (1 / 2 + 1 / 16)
+    res = []
+    for name, (act, decode, whole) in PARTS.items():
+        def run(act=act, decode=decode, whole=whole):
+            _parts_kernel[(e, n // 64)](w, s, x, out, k, n, w.stride(0), s.stride(0), x.stride(0), 1.5, valid_rows,
+                                        ACT=act, DECODE=decode, WHOLE=whole, ASM=DEV.type == "cuda", num_warps=4,
+                                        num_stages=3)
+        ms = time_ms(run, reps=20)
+        gb_s = nbytes / ms / 1e6
+        res.append({"parts": name, "us": round(ms * 1e3, 1), "gb_s": round(gb_s),
+                    "frac_copy_bw": round(gb_s / copy_gb_s, 3)})
+        print(f"  parts {res[-1]}", flush=True)
+    return res
+
+
 # ---- attention -----------------------------------------------------------------------------------
 def visible_pairs(t: int, window: int | None) -> int:
     return sum(min(p + 1, window) if window else p + 1 for p in range(t))
@@ -569,7 +642,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the results here as JSON")
     ap.add_argument("--only", default="check,moe,attention",
-                    help="comma list of check, check-moe (MoE cases only), moe, route, access, attention")
+                    help="comma list of check, check-moe (MoE cases only), moe, route, access, parts, attention")
     ap.add_argument("--quick", action="store_true",
                     help="MoE sweep over the previous table's configs and the swap_ab ones only")
     ap.add_argument("--no-sweep", action="store_true",
@@ -606,6 +679,9 @@ def main() -> None:
         save()
     if "access" in todo:
         r["access"] = bench_access(r["ceilings"]["copy_gb_s"])
+        save()
+    if "parts" in todo:
+        r["parts"] = bench_parts(r["ceilings"]["copy_gb_s"], g)
         save()
     if "attention" in todo:
         r["attention"] = bench_attention(r["ceilings"]["bf16_matmul_tflops"], r["ceilings"]["copy_gb_s"], g)

@@ -55,3 +55,22 @@ def test_access_kernel_reads_every_byte_once_in_both_layouts(bench_gpu, step):
         bench_gpu._stream_kernel[(e, n // rows)](w, out, row_bytes // step, n * row_bytes, rows * row_bytes, s_c, s_r,
                                                  ROWS=rows, BYTES=step)
         assert int(out.sum()) == int(w.long().sum())
+
+
+def test_parts_kernel_runs_every_part(bench_gpu, monkeypatch):
+    """bench_parts' kernel on a small spread layer (2 chunks, 2 row tiles): with activation tiles, decode and
+    the dots, the hand-written step gives what `_spread_step` gives (same loads, same decode, same dots; the
+    accumulator's power of two aside), and every other part runs to a finite sum."""
+    monkeypatch.setattr(bench_gpu, "DEV", torch.device("cpu"))
+    t = bench_gpu.random_layer(2, 256, 64, "nvfp4-spread", torch.Generator().manual_seed(0)).gate_up
+    e, k, n = t.num_experts, t.in_features, t.out_features
+    w, s = t.weight, t.scale.view(torch.uint8)
+    x = torch.randn(16, k).to(torch.bfloat16)
+    sums = {}
+    for name, (act, decode, whole) in bench_gpu.PARTS.items():
+        out = torch.empty(e * (n // 64), dtype=torch.float32)
+        bench_gpu._parts_kernel[(e, n // 64)](w, s, x, out, k, n, w.stride(0), s.stride(0), x.stride(0), 1.5, 2,
+                                              ACT=act, DECODE=decode, WHOLE=whole, ASM=False)
+        assert bool(torch.isfinite(out).all()), name
+        sums[name] = out
+    torch.testing.assert_close(sums["+ activation tiles + decode"], sums["_spread_step (the GEMM's K step)"])
