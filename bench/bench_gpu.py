@@ -51,7 +51,7 @@ from plugins.moe.tensors import (  # noqa: E402
     WeightFormat,
     reference_moe_from_logits,
 )
-from plugins.moe.triton_spread import _spread_decode, _spread_step  # noqa: E402
+from plugins.moe.triton_spread import _spread_acts, _spread_decode, _spread_step, _spread_tiles  # noqa: E402
 
 DEV = torch.device("cuda")
 SHAPES = {"gpt-oss-120b": 128, "gpt-oss-20b": 32}  # experts; both H = I = 2880, top-4
@@ -466,19 +466,15 @@ def _parts_kernel(w_ptr, s_ptr, x_ptr, out_ptr, K, N, stride_we, stride_se, stri
             acc = _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs, BN, 128, tl.bfloat16, tl.bfloat16,
                                "tf32", ASM, True)
         else:
-            chunk = k0 // 128
-            code = tl.load(w_base + chunk * N * H + n[:, None] * H + tl.arange(0, H)[None, :])
-            s = tl.load(s_base + chunk * N * 8 + n[:, None] * 8 + tl.arange(0, 8)[None, :])
+            code, s_lo, s_hi = _spread_tiles(w_base, s_base, n, k0, N, BN, 128)
             if DECODE:
-                s_lo, s_hi = tl.split(tl.reshape(s, (BN, 4, 2)))
                 lo, hi = _spread_decode(code, s_lo, s_hi, gs, BN, H, tl.bfloat16, ASM)
             else:
-                lo = (code.to(tl.float32) * tl.max(s, 1).to(tl.float32)[:, None]).to(tl.bfloat16)
+                s_max = tl.maximum(tl.max(s_lo, 1), tl.max(s_hi, 1)).to(tl.float32)
+                lo = (code.to(tl.float32) * s_max[:, None]).to(tl.bfloat16)
                 hi = lo
             if ACT:
-                cols = k0 + tl.arange(0, H)
-                a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None], other=0.0)
-                a_hi = tl.load(a_base + H + cols[None, :], mask=valid[:, None], other=0.0)
+                a_lo, a_hi = _spread_acts(a_base, valid, k0, 128)
             else:
                 a_lo = tl.full((16, H), 1.0, tl.bfloat16)
                 a_hi = a_lo

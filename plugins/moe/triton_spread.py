@@ -106,16 +106,11 @@ def _spread_decode(code, s_lo, s_hi, gs, BN: tl.constexpr, H: tl.constexpr, W_DT
 
 
 @triton.jit
-def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs,
-                 BLOCK_N: tl.constexpr, BK: tl.constexpr, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                 PRECISION: tl.constexpr, ASM: tl.constexpr, SWAP_AB: tl.constexpr):
-    """acc += A[:, k0:k0+BK] @ W[k0:k0+BK, :] for one whole chunk of spread storage (BK = 128, or the 64
-    tail; the kernel only passes chunks inside its K range, so no input is masked): its BK/2 code bytes
-    decode to two operand tiles, inputs k0.. and k0+BK/2.., each its own dot, so the decoded registers feed
-    the tensor cores without being regrouped. The chunk's block scales are one tile, stored in (low, high)
-    pairs. Storage is chunk-major (`e2m1_spread.store_codes`): chunk c of output row n starts at
+def _spread_tiles(w_base, s_base, n, k0, N, BLOCK_N: tl.constexpr, BK: tl.constexpr):
+    """One chunk's code bytes [BLOCK_N, BK/2] and block-scale bytes of its low and high halves [BLOCK_N, BK/32]
+    each. Storage is chunk-major (`e2m1_spread.store_codes`): chunk c of output row n starts at
     c * N * 64 + n * BK/2 (scales: c * N * 8 + n * BK/16), so the tile of BLOCK_N rows is one contiguous
-    block. Every load of the main loop is a cp.async copy Triton pipelines (4 bytes or more a thread)."""
+    block; rows past N read as zero."""
     H: tl.constexpr = BK // 2
     nmask = (n < N)[:, None]
     chunk = k0 // _CHUNK_INPUTS
@@ -123,10 +118,32 @@ def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs,
     s = tl.load(s_base + chunk * N * _SCALE_BYTES + n[:, None] * (BK // 16) + tl.arange(0, BK // 16)[None, :],
                 mask=nmask, other=0)                                               # (low, high) block pairs
     s_lo, s_hi = tl.split(tl.reshape(s, (BLOCK_N, BK // 32, 2)))
-    cols = k0 + tl.arange(0, H)
-    a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-    a_hi = tl.load(a_base + H + cols[None, :], mask=valid[:, None], other=0.0).to(DOT_DTYPE)
-    lo, hi = _spread_decode(code, s_lo, s_hi, gs, BLOCK_N, H, W_DTYPE, ASM)
+    return code, s_lo, s_hi
+
+
+@triton.jit
+def _spread_acts(a_base, valid, k0, BK: tl.constexpr):
+    """The chunk's two activation tiles [rows, BK/2]: inputs k0.. and k0+BK/2.. (invalid rows read as zero)."""
+    cols = k0 + tl.arange(0, BK // 2)
+    a_lo = tl.load(a_base + cols[None, :], mask=valid[:, None], other=0.0)
+    a_hi = tl.load(a_base + BK // 2 + cols[None, :], mask=valid[:, None], other=0.0)
+    return a_lo, a_hi
+
+
+@triton.jit
+def _spread_step(acc, a_base, valid, w_base, s_base, n, k0, N, gs,
+                 BLOCK_N: tl.constexpr, BK: tl.constexpr, W_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                 PRECISION: tl.constexpr, ASM: tl.constexpr, SWAP_AB: tl.constexpr):
+    """acc += A[:, k0:k0+BK] @ W[k0:k0+BK, :] for one whole chunk of spread storage (BK = 128, or the 64
+    tail; the kernel only passes chunks inside its K range, so no input is masked): its BK/2 code bytes
+    decode to two operand tiles, inputs k0.. and k0+BK/2.., each its own dot, so the decoded registers feed
+    the tensor cores without being regrouped. The chunk's block scales are one tile, stored in (low, high)
+    pairs (`_spread_tiles`: one contiguous block of BLOCK_N rows). Every load of the main loop is a cp.async
+    copy Triton pipelines (4 bytes or more a thread)."""
+    code, s_lo, s_hi = _spread_tiles(w_base, s_base, n, k0, N, BLOCK_N, BK)
+    a_lo, a_hi = _spread_acts(a_base, valid, k0, BK)
+    a_lo, a_hi = a_lo.to(DOT_DTYPE), a_hi.to(DOT_DTYPE)
+    lo, hi = _spread_decode(code, s_lo, s_hi, gs, BLOCK_N, BK // 2, W_DTYPE, ASM)
     if SWAP_AB:
         acc = tl.dot(lo.to(DOT_DTYPE), tl.trans(a_lo), acc, input_precision=PRECISION)
         acc = tl.dot(hi.to(DOT_DTYPE), tl.trans(a_hi), acc, input_precision=PRECISION)
