@@ -3,8 +3,9 @@
 
   ceilings   device-to-device copy bandwidth (bytes read + written) and a large BF16 torch.matmul rate
   check      each kernel against its plain-torch reference on this GPU (relative L2 error vs a float32
-             reference on the same bf16-rounded inputs; float32 kernels vs the float32 reference)
-  moe        decode MoE (NVFP4 weights stored K-major and/or spread, --storage; BF16 activations), batch
+             reference on the same bf16-rounded inputs; float32 kernels vs the float32 reference), every MoE
+             storage (frag too, where the Gluon kernel runs), and TrtkitMoE as TensorRT-LLM builds it
+  moe        decode MoE (NVFP4 weights stored K-major, spread and/or frag, --storage; BF16 activations), batch
              1/8/32/128, gpt-oss-120b and -20b layer shapes: weight bytes of the experts actually routed to
              / time, as a fraction of the copy bandwidth; speed-up over "dequantize to BF16 then torch
              matmul" (the plugins.moe reference on the GPU); plus the checkpoint's N-major storage
@@ -60,6 +61,15 @@ TOP_K = 4
 
 
 # ---- timing ------------------------------------------------------------------------------------
+def gluon_available() -> bool:
+    """Whether the Gluon MoE kernel (nvfp4_frag storage) runs on this GPU and Triton."""
+    try:
+        from plugins.moe import gluon_frag
+    except ImportError:
+        return False
+    return gluon_frag.available(DEV)
+
+
 def time_ms(fn, reps: int = 50, warmup: int = 5) -> float:
     for _ in range(warmup):
         fn()
@@ -163,7 +173,7 @@ def truth_experts(t: MoeTensors, dtype: torch.dtype) -> ExpertWeights:
 
 
 def check_moe(g: torch.Generator, tokens=(1, 64, 300), configs=None, spread_configs=None,
-              layer=(16, 256, 192)) -> list[dict]:
+              layer=(16, 256, 192), formats=None) -> list[dict]:
     """Every MoE storage and config the timing uses against the reference (configs: CHECK_CONFIGS, plus
     spread_configs, SPREAD_EXTRA_CONFIGS, on the spread storage) on layers of (experts, H, I); a row's
     `bit_equal` says whether a decode that must give the same bits did (None: no such twin).
@@ -173,16 +183,21 @@ def check_moe(g: torch.Generator, tokens=(1, 64, 300), configs=None, spread_conf
     e, h, i = layer
     rows = []
     plain = random_layer(e, h, i, "nvfp4", g)
-    for fmt in ("nvfp4", "nvfp4-spread", "nvfp4-nmajor", "mxfp4", "bf16"):
+    frag = DEV.type == "cuda" and gluon_available()
+    for fmt in formats or ("nvfp4", "nvfp4-spread", "nvfp4-nmajor", "mxfp4", "bf16") + (("nvfp4-frag",) if frag else ()):
         if fmt == "nvfp4":
             t = plain
         elif fmt == "nvfp4-spread":  # the same weights in the kernel's order (compared bit for bit below)
             t = plain.k_major(spread=True)
+        elif fmt == "nvfp4-frag":    # the Gluon kernel's order (bf16 activations only)
+            t = plain.k_major(frag=True)
         else:
             t = random_layer(e, h, i, fmt, g)
         cfgs = tuple(configs) + (tuple(spread_configs) if fmt == "nvfp4-spread" else ())  # every config timed
+        if fmt == "nvfp4-frag":
+            cfgs = (None, *FRAG_CONFIGS, moe_fused.PREFILL_CONFIG)
         for n, dtype, cfg in itertools.product(tokens, (torch.bfloat16, torch.float32), cfgs):
-            if cfg is not None and dtype != torch.bfloat16:
+            if (cfg is not None or fmt == "nvfp4-frag") and dtype != torch.bfloat16:
                 continue
             tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
             x = torch.randn(n, h, device=DEV, generator=g).to(dtype)
@@ -208,6 +223,40 @@ def check_moe(g: torch.Generator, tokens=(1, 64, 300), configs=None, spread_conf
             same = torch.equal(out, moe_fused.fused_moe(x, logits, plain, TOP_K, config=twin)) if twin else None
             rows.append({"kernel": "moe", "case": case, "rel_err": err, "tol": tol, "bit_equal": same,
                          "ok": err <= tol and same is not False})
+    return rows
+
+
+def check_module(g: torch.Generator, layer=(8, 2880, 2880), tokens=(1, 32)) -> list[dict]:
+    """`TrtkitMoE` as TensorRT-LLM builds it (storage left to it: frag on Hopper) on CUDA, loaded from random
+    checkpoint tensors in the Model Optimizer layout, against the reference MoE over those same tensors."""
+    from plugins.moe_layer import TrtkitMoE
+
+    e, h, i = layer
+    w = {}
+    for name, (n_in, n_out) in {"gate_up_proj": (h, 2 * i), "down_proj": (i, h)}.items():
+        w[name] = torch.randint(0, 256, (e, n_in // 2, n_out), dtype=torch.uint8, device=DEV, generator=g)
+        w[name + "_weight_scale"] = (torch.rand(e, n_in // 16, n_out, device=DEV, generator=g) * 4 + 0.1
+                                     ).to(torch.float8_e4m3fn)
+        w[name + "_weight_scale_2"] = torch.tensor(0.003, device=DEV)
+        w[name + "_bias"] = torch.randn(e, n_out, device=DEV, generator=g).to(torch.bfloat16)
+    m = TrtkitMoE(e, h, i, TOP_K, 7.0, 1.702, device=DEV)
+    m.load_weights([w])
+    storage = m.tensors().gate_up.fmt.value
+
+    def proj(name: str) -> ProjectionTensors:
+        return ProjectionTensors(WeightFormat.NVFP4, w[name], w[name + "_weight_scale"], w[name + "_weight_scale_2"])
+
+    plain = MoeTensors(proj("gate_up_proj"), w["gate_up_proj_bias"], proj("down_proj"), w["down_proj_bias"])
+    rows = []
+    for n in tokens:
+        x = torch.randn(n, h, device=DEV, generator=g).to(torch.bfloat16)
+        logits = torch.randn(n, e, device=DEV, generator=g).to(torch.bfloat16)
+        out = m(x=x, router_logits=logits)
+        ref = reference_moe_from_logits(x.float(), logits.float(), truth_experts(plain, torch.bfloat16), TOP_K,
+                                        7.0, 1.702)
+        err = rel_err(out, ref)
+        rows.append({"kernel": "TrtkitMoE", "case": f"storage {storage} N={n} {e}x{h}x{i}", "rel_err": err,
+                     "tol": 1e-2, "bit_equal": None, "ok": err <= 1e-2})
     return rows
 
 
@@ -270,6 +319,10 @@ CHECK_CONFIGS = (None, moe_fused.MoeConfig(16, 64, 128, 4, 4, bf16_scale=True),
                  moe_fused.MoeConfig(16, 64, 128, 4, 4, swap_ab=True),
                  moe_fused.MoeConfig(16, 128, 64, 4, 6, bf16_scale=True, swap_ab=True),
                  moe_fused.MoeConfig(32, 64, 128, 4, 4, bf16_scale=True, swap_ab=True, split_fill=8))
+# the Gluon kernel on nvfp4_frag storage (`plugins.moe.gluon_frag`: 64-row tiles, 128-input steps; block_m and
+# the cp.async depth are its only knobs), checked and timed beside the Triton configs
+FRAG_CONFIGS = tuple(moe_fused.MoeConfig(bm, 64, 128, 4, st, swap_ab=True, split_fill=fill)
+                     for bm, st, fill in ((16, 4, 8), (16, 3, 8), (16, 6, 8), (32, 4, 8), (16, 4, 16)))
 QUICK = False  # --quick: sweep PREV_CONFIGS + SWAP_CANDIDATES only
 SWEEP = True   # --no-sweep: the rows time DECODE_CONFIG and the fixed configs only
 
@@ -289,12 +342,13 @@ def moe_sweep(layers: list[MoeTensors], batch: int, g: torch.Generator) -> moe_f
 
 
 def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float, g, baseline: bool = True,
-            extra: tuple = ()) -> dict:
+            extra: tuple = (), prev: bool = True) -> dict:
     e = layers[0].gate_up.num_experts
     x = torch.randn(n, HIDDEN, device=DEV, generator=g).to(torch.bfloat16)
     logits = [torch.randn(n, e, device=DEV, generator=g) for _ in layers]
     active = statistics.mean(len(torch.topk(lg, TOP_K).indices.unique()) for lg in logits)
-    both = list(dict.fromkeys(list(cfgs) + list(PREV_CONFIGS) + list(ROW_EXTRA_CONFIGS) + list(extra)))
+    fixed = list(PREV_CONFIGS) + list(ROW_EXTRA_CONFIGS) if prev else []  # (the Triton configs)
+    both = list(dict.fromkeys(list(cfgs) + fixed + list(extra)))
     timed = {}
     for c in both:  # a config that fails (say, to compile) is reported and skipped: the run goes on
         try:
@@ -307,7 +361,7 @@ def moe_row(shape: str, layers: list[MoeTensors], n: int, cfgs, copy_gb_s: float
     ours = timed[cfg]
     print(f"  moe row {shape} batch {n}: " + ", ".join(f"{t * 1e3:.1f} us {c}" for c, t in timed.items()),
           flush=True)
-    prev = min(timed[c] for c in PREV_CONFIGS)
+    prev = min(timed.get(c, float("inf")) for c in PREV_CONFIGS) if prev else float("nan")
     eager = time_ms(partial(_run_layers, x, logits, layers, cfg), reps=20) / len(layers)
     base = time_ms(partial(_run_reference, x, logits, [t.to_weights() for t in layers]), reps=5,
                    warmup=1) / len(layers) if baseline else float("nan")
@@ -381,6 +435,14 @@ def bench_moe(copy_gb_s: float, g: torch.Generator, results: dict, save, storage
             print(f"  moe spread storage {row}", flush=True)
             save()
         spread.clear()
+        frag = [t.k_major(frag=True) for t in layers] if "frag" in storages and gluon_available() else []
+        for n in (1, 8, 32, 128) if frag else ():  # the Gluon kernel on the same weights
+            row = {**moe_row(shape, frag, n, FRAG_CONFIGS[:1], copy_gb_s, g, baseline=False, extra=FRAG_CONFIGS,
+                             prev=False), "storage": "frag"}
+            results.setdefault("frag_rows", []).append(row)
+            print(f"  moe frag storage {row}", flush=True)
+            save()
+        frag.clear()
         if shape == "gpt-oss-120b" and "kmajor" in storages:  # the checkpoint's own (N-major) storage
             layers = [random_layer(e, HIDDEN, INTER, "nvfp4-nmajor", g) for _ in range(n_layers)]
             results["nmajor_rows"] = [moe_row(shape, layers, n, cfgs, copy_gb_s, g) for n in (1, 32)]
@@ -643,8 +705,9 @@ def main() -> None:
                     help="MoE sweep over the previous table's configs and the swap_ab ones only")
     ap.add_argument("--no-sweep", action="store_true",
                     help="MoE rows with the decode defaults and the fixed configs only (no tile sweep)")
-    ap.add_argument("--storage", default="kmajor,spread",
-                    help="MoE expert storages to time: kmajor (k_major(), with the baseline) and/or spread")
+    ap.add_argument("--storage", default="kmajor,spread,frag",
+                    help="MoE expert storages to time: kmajor (k_major(), with the baseline), spread and/or frag "
+                         "(the Gluon kernel, Hopper)")
     args = ap.parse_args()
     global QUICK, SWEEP
     QUICK, SWEEP = args.quick, not args.no_sweep
@@ -660,9 +723,9 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(r, indent=1))
 
-    r["check"] = (check_moe(g) + check_attention(g)) if "check" in todo else []
+    r["check"] = (check_moe(g) + check_module(g) + check_attention(g)) if "check" in todo else []
     if "check-moe" in todo:
-        r["check"] = check_moe(g)
+        r["check"] = check_moe(g) + check_module(g)
     for row in r["check"]:
         print(f"  check {row}", flush=True)
     save()
@@ -688,7 +751,7 @@ def main() -> None:
         bad = [x for x in r["check"] if not x["ok"]]
         print(f"\ncheck: {len(r['check']) - len(bad)}/{len(r['check'])} ok" + (f"; FAILED {bad}" if bad else ""))
         print(f"MoE decode, configs {r['moe']['config']}; copy {r['ceilings']['copy_gb_s']:.0f} GB/s")
-        for m in r["moe"]["rows"] + r["moe"].get("spread_rows", []):
+        for m in r["moe"].get("rows", []) + r["moe"].get("spread_rows", []) + r["moe"].get("frag_rows", []):
             print(f"{m.get('storage', 'kmajor'):7s} {m['shape']:14s} {m['batch']:4d} {m['active_experts']:6.1f} "
                   f"{m['weight_mb']:7.1f} MB "
                   f"graph {m['us_graph']:7.1f} us ({m['frac_copy_bw']:.3f}) prev cfgs {m['us_graph_prev_configs']:7.1f} "

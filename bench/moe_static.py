@@ -14,7 +14,9 @@ plain (synchronous) global loads left in the loop by Triton (each one a memory r
 asynchronous copies (pipelined), shared-memory traffic and barriers (layout shuffles), tensor-core ops.
 
     python bench/moe_static.py [--batch 1 32 128] [--config auto|decode|decode-spread-1|decode-spread|wide|prefill] [--spread]
-                               [--json]
+                               [--json] [--sass DIR]
+
+`compile_frag` does the same for the Gluon GEMM on nvfp4_frag storage (`plugins.moe.gluon_frag`; tests/test_gluon_frag.py).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from __future__ import annotations
 import os
 import sys
 
-if "--compile" not in sys.argv:  # the capture runs the routing kernels on CPU; the compiling child must not
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+if not {"--compile", "--compile-frag"} & set(sys.argv):  # the capture runs the routing kernels on CPU; the
+    os.environ.setdefault("TRITON_INTERPRET", "1")                # compiling child must not
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -106,16 +108,22 @@ def capture(t: MoeTensors, n_tokens: int, config: fused.MoeConfig) -> list[dict]
     return recorded
 
 
+def _in_child(flag: str, request: dict, what: str, child_path: str | None = None) -> dict:
+    """Run this script with `flag` in a child process without Triton's interpreter (request as JSON on stdin,
+    the child's JSON answer back). child_path: a folder holding another Triton to compile with."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [child_path, env.get("PYTHONPATH"), str(ROOT)]))
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), flag], input=json.dumps(request),
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    if r.returncode:
+        raise RuntimeError(f"compiling {what} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout)
+
+
 def compile_launch(launch: dict, child_path: str | None = None) -> dict:
     """Compile one captured launch for sm_90 in a child process; its K-loop statistics. child_path: a folder
     holding another Triton (pip install --target DIR triton==X) to compile with."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [child_path, env.get("PYTHONPATH"), str(ROOT)]))
-    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--compile"], input=json.dumps(launch),
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    if r.returncode:
-        raise RuntimeError(f"compiling the captured MoE launch failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout)
+    return _in_child("--compile", launch, "the captured MoE launch", child_path)
 
 
 # ---- child process: compile and inspect ------------------------------------------------------------
@@ -149,13 +157,46 @@ def _compile_child() -> None:
     ir = c.asm["ttgir"]
     start = ir.index("scf.for")
     loop_ir = ir[start:ir.index("scf.yield", start)]
-    ops = _loop_ops(_sass(c.asm["cubin"]))
+    lines = _loop_lines(_sass(c.asm["cubin"]))
     json.dump({"asm_run": _asm_run(ir),
                "regs": getattr(c.metadata, "n_regs", None) or _regs(c.asm["cubin"]),
                "shared_bytes": c.metadata.shared,
                "loop_sync_loads": len(re.findall(r"\btt\.load\b", loop_ir)),
                "loop_async_copies": loop_ir.count("async_copy_global_to_local"),
-               "loop_sass": ops}, sys.stdout)
+               "loop_sass": _loop_ops(lines), "loop_sass_lines": lines}, sys.stdout)
+
+
+def compile_frag(gate_up: bool, block_m: int, stages: int = 4) -> dict:
+    """The Gluon GEMM on nvfp4_frag storage (`plugins.moe.gluon_frag`) compiled for sm_90 in a child process,
+    as `fused._frag_gemm` launches it on gpt-oss shapes: {"regs", "shared_bytes", "loop_sass" (opcode counts),
+    "loop_instructions"}. Compiling checks every layout conversion it asserts trivial (no data movement)."""
+    return _in_child("--compile-frag", {"gate_up": gate_up, "block_m": block_m, "stages": stages},
+                     "the Gluon MoE GEMM")
+
+
+def _compile_frag_child() -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental import gluon
+
+    from plugins.moe import gluon_frag
+
+    req = json.load(sys.stdin)
+    fn = gluon_frag.frag_gemm_kernel
+    ints = ("NK", "K", "N", "k_split", "stride_am", "stride_we", "stride_se", "stride_be", "stride_om", "stride_os")
+    ptrs = {"a_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "gs_ptr": "*fp32", "bias_ptr": "*bf16",
+            "out_ptr": "*bf16" if req["gate_up"] else "*fp32", "sorted_ptr": "*i32", "block_expert_ptr": "*i32",
+            "total_ptr": "*i32"}
+    consts = dict(gluon_frag.launch_constexprs(req["block_m"], req["stages"]), GATE_UP=req["gate_up"], TOP_K=TOP_K)
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32" if n in ints else "fp32") for n in fn.arg_names}
+    # what Triton's launcher marks on gpt-oss launches: aligned pointers, sizes and strides divisible by 16
+    aligned = set(ptrs) | {"K", "N", "k_split", "stride_am", "stride_we", "stride_se", "stride_be", "stride_om"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in aligned}
+    c = triton.compile(gluon._runtime.GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": gluon_frag.WARPS})
+    lines = _loop_lines(_sass(c.asm["cubin"]))
+    json.dump({"regs": getattr(c.metadata, "n_regs", None) or _regs(c.asm["cubin"]), "shared_bytes": c.metadata.shared,
+               "loop_sass": _loop_ops(lines), "loop_instructions": len(lines)}, sys.stdout)
 
 
 def _asm_run(ttgir: str) -> int | None:
@@ -191,8 +232,8 @@ def _regs(cubin: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _loop_ops(sass: str) -> dict[str, int]:
-    """Opcode counts of the body of the innermost backward branch (the K loop), by opcode."""
+def _loop_lines(sass: str) -> list[str]:
+    """The SASS of the body of the innermost backward branch (the K loop), one instruction a line."""
     ins = [(int(a, 16), txt.strip()) for a, txt in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     loops = []
     for addr, txt in ins:
@@ -200,13 +241,17 @@ def _loop_ops(sass: str) -> dict[str, int]:
         if m and int(m.group(1), 16) < addr:
             loops.append((int(m.group(1), 16), addr))
     if not loops:
-        return {}
+        return []
     lo, hi = max(loops, key=lambda span: span[1] - span[0])
+    return [txt for addr, txt in ins if lo <= addr <= hi]
+
+
+def _loop_ops(lines: list[str]) -> dict[str, int]:
+    """Opcode counts of the K loop's SASS lines (`_loop_lines`), predicates dropped."""
     ops: dict[str, int] = {}
-    for addr, txt in ins:
-        if lo <= addr <= hi:
-            op = re.sub(r"^@!?U?P\w+\s+", "", txt).split()[0]
-            ops[op] = ops.get(op, 0) + 1
+    for txt in lines:
+        op = re.sub(r"^@!?U?P\w+\s+", "", txt).split()[0]
+        ops[op] = ops.get(op, 0) + 1
     return ops
 
 
@@ -233,12 +278,17 @@ def main() -> None:
     if "--compile" in sys.argv:
         _compile_child()
         return
+    if "--compile-frag" in sys.argv:
+        _compile_frag_child()
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--config", choices=["auto", *sorted(CONFIGS)], default="auto",
                     help="auto: what fused_moe picks on a GPU for gpt-oss-120b (128 experts) at that batch")
     ap.add_argument("--spread", action="store_true", help="codes stored as k_major(spread=True) stores them")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--sass", type=Path, default=None, metavar="DIR",
+                    help="also write each kernel's K-loop SASS to DIR/<batch>-<config>-<kernel>.sass")
     ap.add_argument("--child-path", default=None,
                     help="compile with the Triton installed in this folder (pip install --target DIR triton==X), "
                          "e.g. the version a GPU node or TensorRT-LLM's container has; the capture stays on this one")
@@ -249,8 +299,12 @@ def main() -> None:
         config = CONFIGS.get(args.config) or fused.default_config(n * TOP_K, 128, torch.device("cuda"), args.spread)
         name = next(k for k, v in CONFIGS.items() if v == config)
         for launch in capture(layer, n, config):
+            stats = compile_launch(launch, args.child_path)
             rows.append({"batch": n, "config": name, "storage": "spread" if args.spread else "nvfp4",
-                         **summarize(launch, compile_launch(launch, args.child_path))})
+                         **summarize(launch, stats)})
+            if args.sass:
+                args.sass.mkdir(parents=True, exist_ok=True)
+                (args.sass / f"{n}-{name}-{rows[-1]['kernel']}.sass").write_text("\n".join(stats["loop_sass_lines"]) + "\n")
     if args.json:
         print(json.dumps(rows, indent=1))
         return

@@ -1,9 +1,10 @@
 """BENCHMARKS.md's MoE decode table and the planner's speed prior from one `bench_gpu.py --out` JSON.
 
-    python bench/moe_table.py build/bench_gpu.json [--storage kmajor|spread] [--json]
+    python bench/moe_table.py build/bench_gpu.json [--storage frag|spread|kmajor] [--json]
 
-Prints the markdown rows for the storage the plugin serves with (`plugins.trtllm.STORAGES[0]` unless
---storage says otherwise), the other storage's graph time and bandwidth fraction beside them, and
+Prints the markdown rows for the storage the plugin serves with on Hopper (frag: what `auto`, the default of
+`plugins.trtllm.STORAGES`, picks there) unless --storage says otherwise, the next storage's graph time and
+bandwidth fraction beside them (frag: spread's; spread: kmajor's), and
 `TRTKIT_SPEED` recomputed from those rows (`recipes.perf.plugin_speed_prior`, the median of the model's
 prediction over the measured time, the number tests/test_recipes_trtkit.py checks against the table).
 Runs on any machine: it only reads the JSON.
@@ -19,10 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.node import GPU_KEYS  # noqa: E402
-from plugins.trtllm import STORAGES  # noqa: E402
 from recipes.perf import plugin_speed_prior  # noqa: E402
 
-ROW_KEYS = {"kmajor": "rows", "spread": "spread_rows"}  # bench_gpu's JSON lists, by storage
+ROW_KEYS = {"kmajor": "rows", "spread": "spread_rows", "frag": "frag_rows"}  # bench_gpu's JSON lists, by storage
+OTHER = {"frag": "spread", "spread": "kmajor", "kmajor": "spread"}  # the storage timed beside it in the table
+DEFAULT_STORAGE = "frag"  # what the plugin's default storage (auto) serves with on Hopper
 ROW_FIELDS = ("shape", "batch", "active_experts", "weight_mb", "us_graph", "us_eager", "weight_gb_s", "frac_copy_bw")
 HEADER = ("| shape | batch | experts hit | weight MB | us (graph) | us (eager) | GB/s | of copy BW "
           "| {other} us | {other} of copy BW | baseline us | speed-up (eager) |")
@@ -57,7 +59,7 @@ def table(result: dict, storage: str, gpu: str) -> tuple[list[str], float]:
     """Markdown lines (header, rule, one row per point) and the speed prior fitted to them on `gpu`."""
     timed = {s: rows_by_point(result, s) for s, key in ROW_KEYS.items() if s == storage or result["moe"].get(key)}
     main = timed[storage]
-    other_storage = next(s for s in ROW_KEYS if s != storage)
+    other_storage = OTHER[storage]
     other, base = timed.get(other_storage, {}), timed.get("kmajor", {})  # the baseline was timed on kmajor
     lines = [HEADER.format(other=other_storage), "|" + "---|" * 12]
     for (shape, batch), r in main.items():
@@ -74,8 +76,8 @@ def table(result: dict, storage: str, gpu: str) -> tuple[list[str], float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result", type=Path, help="bench_gpu.py --out JSON")
-    ap.add_argument("--storage", choices=sorted(ROW_KEYS), default=STORAGES[0],
-                    help="the storage the table reports (default: the plugin's default storage)")
+    ap.add_argument("--storage", choices=sorted(ROW_KEYS), default=DEFAULT_STORAGE,
+                    help="the storage the table reports (default: frag, the plugin's default storage on Hopper)")
     ap.add_argument("--gpu", default=None, help="catalog GPU the prior is fitted on (default: the run's GPU)")
     ap.add_argument("--json", action="store_true", help="print {lines, trtkit_speed} as JSON")
     args = ap.parse_args()

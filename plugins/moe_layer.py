@@ -11,8 +11,11 @@ pipelines best); the scale rows are allocated padded and sliced when the kernel 
 experts are stored in the kernel's own order instead (`k_major(spread=True)`, weight format `nvfp4_spread`,
 [E, in/x, out] tensors whose bytes are reordered along the input axis and chunk-major across output rows:
 a 40% shorter K loop on sm_90 and contiguous weight tiles, see `plugins.moe.e2m1_spread` and
-BENCHMARKS.md); TensorRT-LLM's model takes the storage from TRTKIT_MOE_STORAGE (spread unless set to kmajor;
-`plugins.trtllm.trtllm_gptoss.modeling`).
+BENCHMARKS.md). On a Hopper GPU whose Triton has Gluon (`frag=None`: `plugins.moe.e2m1_frag.frag_available`) the
+default is `nvfp4_frag` instead (`k_major(frag=True)`, same shapes, bytes in the tensor-core operand order of
+the Gluon kernel `plugins.moe.gluon_frag`: 0.71-0.93 of the copy bandwidth from batch 8 on an H100, against
+0.55-0.73 for spread). TensorRT-LLM's model takes the storage from TRTKIT_MOE_STORAGE (auto, frag, spread or
+kmajor; `plugins.trtllm.trtllm_gptoss.modeling`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import torch
 
 import plugins.ops  # registers torch.ops.trtkit.moe
-from plugins.moe import e2m1_spread
+from plugins.moe import e2m1_frag, e2m1_spread
 from plugins.moe.tensors import (
     ROW_ALIGN,
     MoeTensors,
@@ -60,19 +63,25 @@ class TrtkitMoE(torch.nn.Module):
     """All experts of one layer; forward(x [N, H], router_logits [N, E]) -> [N, H] in x's dtype."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int, top_k: int, limit: float,
-                 alpha: float, device: torch.device | str | None = None, spread: bool | None = None):
+                 alpha: float, device: torch.device | str | None = None, spread: bool | None = None,
+                 frag: bool | None = None):
         super().__init__()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        sizes_ok = not (hidden % input_multiple(WeightFormat.NVFP4_SPREAD)
+                        or intermediate % input_multiple(WeightFormat.NVFP4_SPREAD))
+        if frag is None:    # the Gluon kernel's storage where it runs (Hopper) and the sizes allow it
+            frag = spread is not False and sizes_ok and e2m1_frag.frag_available(device)
         if spread is None:  # the faster storage wherever the sizes allow it (gpt-oss: 2880 = 45 x 64)
-            spread = not (hidden % input_multiple(WeightFormat.NVFP4_SPREAD)
-                          or intermediate % input_multiple(WeightFormat.NVFP4_SPREAD))
+            spread = sizes_ok
+        spread = spread or frag  # frag has spread's shapes: [E, in/x, out], chunk-major
         block = input_multiple(WeightFormat.NVFP4_SPREAD if spread else WeightFormat.NVFP4)
         if hidden % block or intermediate % block:
             raise ValueError(f"trtkit MoE: {'spread' if spread else 'nvfp4'} storage needs hidden and intermediate "
                              f"sizes that are multiples of {block}, got {hidden} and {intermediate}"
                              + ("; use spread=False (TensorRT-LLM: TRTKIT_MOE_STORAGE=kmajor)" if spread else ""))
         check_top_k(top_k, num_experts, "trtkit MoE")
-        self.top_k, self.limit, self.alpha, self.spread = top_k, limit, alpha, spread
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.top_k, self.limit, self.alpha, self.spread, self.frag = top_k, limit, alpha, spread, frag
+        self.device = device
         self.in_features = {"gate_up_proj": hidden, "down_proj": intermediate}
         out = {"gate_up_proj": 2 * intermediate, "down_proj": hidden}
         for name, n_in in self.in_features.items():
@@ -114,9 +123,10 @@ class TrtkitMoE(torch.nn.Module):
                     if suffix == "_weight_scale":
                         _check_no_nan_scale(src, key)
                     if self.spread:  # the kernel's storage, an expert at a time
-                        store = {"": e2m1_spread.store_codes, "_weight_scale": e2m1_spread.store_scales}[suffix]
+                        store = (e2m1_frag if self.frag else e2m1_spread).store_codes if suffix == "" else \
+                            (e2m1_frag if self.frag else e2m1_spread).store_scales
                         for e in range(src.shape[0]):
-                            p.data[e].copy_(store(src[e]))
+                            p.data[e].copy_(store(src[e][None])[0] if self.frag else store(src[e]))
                     else:
                         p.data[..., :src.shape[-1]].copy_(src)
                 else:
@@ -135,7 +145,8 @@ class TrtkitMoE(torch.nn.Module):
         for name, n_in in self.in_features.items():
             codes, scale, gs = (getattr(self, name + s) for s in ("", "_weight_scale", "_weight_scale_2"))
             if self.spread:
-                proj[name] = ProjectionTensors(WeightFormat.NVFP4_SPREAD, codes, scale, gs)
+                fmt = WeightFormat.NVFP4_FRAG if self.frag else WeightFormat.NVFP4_SPREAD
+                proj[name] = ProjectionTensors(fmt, codes, scale, gs)
             else:
                 proj[name] = ProjectionTensors(WeightFormat.NVFP4, codes[..., :n_in // 2].mT,
                                                scale[..., :n_in // 16].mT, gs)

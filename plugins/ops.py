@@ -2,7 +2,8 @@
 (nothing else in `plugins` does): `import plugins.ops` then `torch.ops.trtkit.moe(...)`.
 
 Each op has three implementations: the plain-torch reference (CPU and any other device), the Triton
-kernels on CUDA (`plugins.moe.fused`, `plugins.attention.fused`; triton imported on first CUDA call),
+kernels on CUDA (`plugins.moe.fused`, `plugins.attention.fused`; triton imported on first CUDA call; the
+nvfp4_frag storage runs a Gluon kernel, `plugins.moe.gluon_frag`),
 and a fake (meta) one that gives the output's shape and dtype so the ops trace under torch.compile.
 
 `moe` and `attention` below have the reference functions' signatures (plugins.moe.reference.moe,
@@ -44,7 +45,7 @@ def moe_op(x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor,
            gate_up_bias: torch.Tensor, down: torch.Tensor, down_scale: torch.Tensor | None,
            down_global_scale: torch.Tensor | None, down_bias: torch.Tensor, weight_format: str,
            top_k: int, swiglu_limit: float, swiglu_alpha: float) -> torch.Tensor:
-    """gpt-oss MoE: x [N, H], router_logits [N, E], experts in `weight_format` (bf16|mxfp4|nvfp4|nvfp4_spread, the
+    """gpt-oss MoE: x [N, H], router_logits [N, E], experts in `weight_format` (bf16|mxfp4|nvfp4|nvfp4_spread|nvfp4_frag, the
     layouts of plugins.moe.tensors) -> [N, H] in x's dtype. Reference implementation."""
     t = _moe_tensors(gate_up, gate_up_scale, gate_up_global_scale, gate_up_bias, down, down_scale,
                      down_global_scale, down_bias, weight_format)

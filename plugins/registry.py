@@ -6,7 +6,7 @@ registers nothing. Each registration happens only when its module is imported:
 
 | target | module to import | registers |
 |---|---|---|
-| torch | `plugins.ops` | `torch.ops.trtkit.moe`, `torch.ops.trtkit.attention` (reference on CPU, Triton on CUDA) |
+| torch | `plugins.ops` | `torch.ops.trtkit.moe`, `torch.ops.trtkit.attention` (reference on CPU, Triton on CUDA; Gluon for nvfp4_frag experts on Hopper) |
 | tensorrt_llm | `plugins.trtllm.trtllm_gptoss` (or `--custom_module_dirs plugins/trtllm/trtllm_gptoss`) | `GptOssForCausalLM` with its MoE on `trtkit::moe` (NVFP4, Hopper) |
 | tensorrt | `plugins.tensorrt_qdp` | Quickly Deployable Plugins `trtkit::moe`, `trtkit::attention` |
 """
@@ -73,10 +73,13 @@ def _cuda() -> str | None:
     return f"{torch.cuda.get_device_name(0)} (sm_{major}{minor})"
 
 
-def _torch_registration() -> Registration:
+def _torch_registration(for_moe: bool = False) -> Registration:
     triton = _version("triton")
     gpu = _cuda()
-    kernels = (f"Triton {triton} kernels on {gpu}" if triton and gpu else
+    gluon = ("; NVFP4 experts in nvfp4_frag storage (TrtkitMoE's default on Hopper) run the Gluon GEMM "
+             "(plugins.moe.gluon_frag, checked with Triton 3.6 and compiled with 3.9)"
+             if for_moe and triton and gpu and gpu.endswith("(sm_90)") else "")
+    kernels = (f"Triton {triton} kernels on {gpu}{gluon}" if triton and gpu else
                "no CUDA device: calls run the reference" if triton else
                "triton not installed: CUDA calls fail (pip install 'trtkit[gpu]'); CPU calls run the reference")
     return Registration("torch", "plugins.ops", True, f"CPU: plain-torch reference; {kernels}")
@@ -117,7 +120,8 @@ def list_plugins() -> list[Plugin]:
     return [
         Plugin("trtkit::moe", "gpt-oss MoE: top-k routing, FP4 (NVFP4/MXFP4) or BF16 experts decoded in the "
                "kernel, BF16 activations, clamped SwiGLU",
-               (_torch_registration(), _trtllm_registration(for_moe=True), _tensorrt_registration(aot=False))),
+               (_torch_registration(for_moe=True), _trtllm_registration(for_moe=True),
+                _tensorrt_registration(aot=False))),
         Plugin("trtkit::attention", "gpt-oss attention: learned sinks, optional sliding window, GQA, causal; "
                "prefill (flash) and decode (split-KV) kernels",
                (_torch_registration(), _trtllm_registration(for_moe=False), _tensorrt_registration(aot=True))),

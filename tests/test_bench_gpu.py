@@ -74,3 +74,12 @@ def test_parts_kernel_runs_every_part(bench_gpu, monkeypatch):
         assert bool(torch.isfinite(out).all()), name
         sums[name] = out
     torch.testing.assert_close(sums["+ activation tiles + decode"], sums["_spread_step (the GEMM's K step)"])
+
+
+def test_module_check_runs_on_cpu(bench_gpu, monkeypatch):
+    """check_module builds TrtkitMoE as TensorRT-LLM does and compares it with the reference over the same
+    checkpoint tensors; on CPU the storage it picks is spread (no Gluon kernel here), and the op's reference."""
+    monkeypatch.setattr(bench_gpu, "DEV", torch.device("cpu"))
+    rows = bench_gpu.check_module(torch.Generator().manual_seed(0), layer=(4, 128, 128), tokens=(3,))
+    assert [r["case"] for r in rows] == ["storage nvfp4_spread N=3 4x128x128"], rows
+    assert all(r["ok"] for r in rows), rows

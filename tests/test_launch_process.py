@@ -31,9 +31,9 @@ def test_a_recipe_asking_for_mpirun_runs_one_mpi_process():
     assert mpi.argv == ("mpirun", "-n", "1", *plain.argv)
 
 
-@pytest.mark.parametrize("environ, storage", [({}, "spread"), ({"TRTKIT_MOE_STORAGE": "kmajor"}, "kmajor")])
+@pytest.mark.parametrize("environ, storage", [({}, "auto"), ({"TRTKIT_MOE_STORAGE": "kmajor"}, "kmajor")])
 def test_plugin_storage_is_the_operators_choice(environ, storage):
-    """TRTKIT_MOE_STORAGE set by the operator reaches the server unchanged; unset, the default (spread)."""
+    """TRTKIT_MOE_STORAGE set by the operator reaches the server unchanged; unset, the default (auto: frag on Hopper, else spread)."""
     assert dict(plugin_env(environ))["TRTKIT_MOE_STORAGE"] == storage
 
 

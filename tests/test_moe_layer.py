@@ -90,14 +90,18 @@ def random_checkpoint_experts(e: int, h: int, i: int, g: torch.Generator) -> dic
     return w
 
 
+def small_layer(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(checkpoint tensors, x, router logits) of a 4-expert layer of H=192, I=128 (the sizes spread and frag take)."""
+    g = torch.Generator().manual_seed(seed)
+    w = random_checkpoint_experts(4, 192, 128, g)
+    return w, torch.randn(5, 192, generator=g).to(torch.bfloat16), torch.randn(5, 4, generator=g).to(torch.bfloat16)
+
+
 def test_spread_storage_loads_and_matches_the_reference():
     """spread=True (TRTKIT_MOE_STORAGE=spread in TensorRT-LLM): the rows are stored in the kernel's order and
     handed over as nvfp4_spread; the op's CPU reference undoes it, so the output equals the checkpoint's."""
     e, h, i, k = 4, 192, 128, 2
-    g = torch.Generator().manual_seed(0)
-    w = random_checkpoint_experts(e, h, i, g)
-    x = torch.randn(5, h, generator=g).to(torch.bfloat16)
-    logits = torch.randn(5, e, generator=g).to(torch.bfloat16)
+    w, x, logits = small_layer(0)
     outs = {}
     for spread in (False, True):
         m = TrtkitMoE(e, h, i, k, 7.0, 1.702, device="cpu", spread=spread)
@@ -121,3 +125,23 @@ def test_storage_defaults_to_spread_where_the_sizes_allow():
     for h, i in ((192, 96), (80, 128)):
         m = TrtkitMoE(4, h, i, 2, 7.0, 1.702, device="cpu")
         assert m.spread is False and m.in_features == {"gate_up_proj": h, "down_proj": i}
+
+
+def test_frag_storage_loads_and_matches_the_reference():
+    """frag=True (TRTKIT_MOE_STORAGE=frag): the rows are stored in the Gluon kernel's operand order and handed
+    over as nvfp4_frag; the op's CPU reference undoes it, so the output equals the checkpoint's bit for bit.
+    Without a Hopper GPU the default stays spread (the Gluon kernel would not run)."""
+    e, h, i, k = 4, 192, 128, 2
+    w, x, logits = small_layer(1)
+    outs = {}
+    for frag in (False, True):
+        m = TrtkitMoE(e, h, i, k, 7.0, 1.702, device="cpu", spread=True, frag=frag)
+        m.load_weights([w])
+        assert m.tensors().gate_up.fmt is (WeightFormat.NVFP4_FRAG if frag else WeightFormat.NVFP4_SPREAD)
+        outs[frag] = m(x=x, router_logits=logits)
+    assert torch.equal(outs[True], outs[False])
+    assert TrtkitMoE(e, h, i, k, 7.0, 1.702, device="cpu").frag is False
+    w["gate_up_proj_weight_scale"] = w["gate_up_proj_weight_scale"].clone()
+    w["gate_up_proj_weight_scale"].view(torch.uint8)[0, 0, 0] = 0xB8   # -1.0: no NVFP4 writer emits it
+    with pytest.raises(ValueError, match="negative E4M3 block scales.*nvfp4_spread"):
+        TrtkitMoE(e, h, i, k, 7.0, 1.702, device="cpu", frag=True).load_weights([w])

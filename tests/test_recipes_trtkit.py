@@ -55,7 +55,7 @@ def bench_json(tmp_path: Path, storages: dict[str, float], gpu: str = "NVIDIA H1
     """A bench_gpu.py --out JSON holding the measured table's points, timed x factor per storage."""
     moe = {}
     for storage, factor in storages.items():
-        moe["rows" if storage == "kmajor" else "spread_rows"] = [
+        moe[{"kmajor": "rows", "spread": "spread_rows", "frag": "frag_rows"}[storage]] = [
             {"shape": m, "batch": b, "active_experts": 4.0, "weight_mb": 56.0, "us_graph": us * factor,
              "us_eager": 2 * us * factor, "weight_gb_s": 1000, "frac_copy_bw": 0.5,
              **({"us_dequant_baseline": 4000} if storage == "kmajor" else {})}
@@ -67,9 +67,9 @@ def bench_json(tmp_path: Path, storages: dict[str, float], gpu: str = "NVIDIA H1
 
 def test_moe_table_renders_the_rows_and_prior_the_test_reads(tmp_path):
     """bench/moe_table.py turns a GPU run into BENCHMARKS.md rows this test file parses, and the prior; by
-    default for the storage the plugin serves with (spread), the other storage's time beside it."""
+    default for the storage the plugin serves with on Hopper (frag), spread's time beside it."""
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"),
-                          str(bench_json(tmp_path, {"kmajor": 2.0, "spread": 0.5}))],  # default: spread
+                          str(bench_json(tmp_path, {"kmajor": 2.0, "spread": 1.0, "frag": 0.5}))],  # default: frag
                          capture_output=True, text=True, check=True)
     rows = re.findall(r"^\| (gpt-oss-\d+b) \| (\d+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|", run.stdout, re.M)
     want = [(m, b, us * 0.5) for m, b, us in measured_moe_decode()]
@@ -78,14 +78,14 @@ def test_moe_table_renders_the_rows_and_prior_the_test_reads(tmp_path):
     prior = float(re.search(r"TRTKIT_SPEED = ([\d.]+)", run.stdout).group(1))
     assert prior == pytest.approx(plugin_speed_prior(want), abs=0.005)
     assert prior == pytest.approx(2 * TRTKIT_SPEED, rel=0.05)  # twice as fast as the table measured
-    assert "| kmajor us |" in run.stdout and "| 4000 |" in run.stdout  # the other storage and the baseline
+    assert "| spread us |" in run.stdout and "| 4000 |" in run.stdout  # the other storage and the baseline
 
 
 def test_moe_table_fits_the_prior_on_the_gpu_the_run_used(tmp_path):
     """An H200 run is compared with the model's H200 prediction (faster memory), not the H100's."""
     def prior(gpu_name: str) -> float:
         run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"), "--json",
-                              str(bench_json(tmp_path, {"spread": 1.0}, gpu_name))],
+                              str(bench_json(tmp_path, {"frag": 1.0}, gpu_name))],
                              capture_output=True, text=True, check=True)
         return json.loads(run.stdout)["trtkit_speed"], json.loads(run.stdout)["gpu"]
 
@@ -95,20 +95,20 @@ def test_moe_table_fits_the_prior_on_the_gpu_the_run_used(tmp_path):
     assert h200 == (pytest.approx(plugin_speed_prior(points, "h200"), abs=1e-3), "h200")
     assert h200[0] < h100[0]  # the same times are slower relative to H200's faster memory
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"),
-                          str(bench_json(tmp_path, {"spread": 1.0}, "NVIDIA A100-SXM4-80GB"))],
+                          str(bench_json(tmp_path, {"frag": 1.0}, "NVIDIA A100-SXM4-80GB"))],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "not one of the catalog's" in run.stderr and "--gpu" in run.stderr
 
 
 def test_moe_table_names_a_row_without_its_figures(tmp_path):
-    path = bench_json(tmp_path, {"spread": 1.0})
+    path = bench_json(tmp_path, {"frag": 1.0})
     doc = json.loads(path.read_text())
-    del doc["moe"]["spread_rows"][3]["us_graph"]
+    del doc["moe"]["frag_rows"][3]["us_graph"]
     path.write_text(json.dumps(doc))
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"), str(path)], capture_output=True,
                          text=True)
     assert run.returncode != 0 and run.stderr.strip().splitlines() == [
-        "moe_table: moe.spread_rows[3] lacks us_graph; pass the JSON bench_gpu.py --out wrote, unedited"], run.stderr
+        "moe_table: moe.frag_rows[3] lacks us_graph; pass the JSON bench_gpu.py --out wrote, unedited"], run.stderr
 
 
 def test_moe_table_names_a_storage_the_run_did_not_time(tmp_path):
@@ -172,7 +172,7 @@ def test_serve_sh_finds_trtkit_and_loads_the_plugin(plugin_recipe, tmp_path):
     argv = seen["argv"]
     assert argv[argv.index("--custom_module_dirs") + 1] == f"{ROOT}/{trtllm.MODULE_DIR}"
     assert argv[argv.index("--port") + 1] == "8003" and argv[0] == "/models/gpt-oss-120b-nvfp4"
-    assert seen["PYTHONPATH"] == f"{ROOT}:{ROOT}/plugins/trtllm" and seen["storage"] == "spread"
+    assert seen["PYTHONPATH"] == f"{ROOT}:{ROOT}/plugins/trtllm" and seen["storage"] == "auto"
     # an operator's TRTKIT_DIR and storage choice win
     subprocess.run(["bash", str(plugin_recipe / "serve.sh")], check=True, cwd=tmp_path,
                    env={**env, "TRTKIT_DIR": "/opt/trtkit", trtllm.STORAGE_ENV: "kmajor", "PYTHONPATH": "/x"})

@@ -5,8 +5,9 @@ call can be captured in a CUDA graph.
 
 Supported: x [N, H] in bfloat16/float16/float32 on CUDA (or CPU under TRITON_INTERPRET=1); experts in any
 `WeightFormat`, any strides (K-major storage decodes fast; the spread storage, contiguous by construction,
-fastest: see `ProjectionTensors.k_major`); any E >= top_k, top_k <= 8; H and I multiples of the FP4 block (16 NVFP4,
-32 MXFP4; 64 nvfp4_spread; BF16 experts: any).
+faster: see `ProjectionTensors.k_major`; nvfp4_frag runs the Hopper Gluon GEMM `plugins.moe.gluon_frag` instead
+of Triton's, fastest, bf16 activations on sm_90 only); any E >= top_k, top_k <= 8; H and I multiples of the FP4
+block (16 NVFP4, 32 MXFP4; 64 nvfp4_spread and nvfp4_frag; BF16 experts: any).
 Accumulation is float32; the SwiGLU output is stored in x's dtype (the reference rounds each
 intermediate to x's dtype instead, so the two agree to x's precision).
 """
@@ -20,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from plugins.moe import e2m1_spread
+from plugins.moe import e2m1_frag, e2m1_spread
 from plugins.moe import triton_formats as F
 from plugins.moe import triton_kernels as K
 from plugins.moe.tensors import (
@@ -105,10 +106,38 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device, sprea
 
 
 def config_for(cfg: MoeConfig, t: MoeTensors) -> MoeConfig:
-    """The config fused_moe runs for these experts: nvfp4_spread's K step is its storage chunk (128)."""
+    """The config fused_moe runs for these experts: the K step of the kernels' own storages is their chunk
+    (128); nvfp4_frag's tiles are 64 output rows."""
+    if WeightFormat.NVFP4_FRAG in (t.gate_up.fmt, t.down.fmt):
+        return dataclasses.replace(cfg, block_k=e2m1_spread.CHUNK, block_n=64, swap_ab=True)
     if WeightFormat.NVFP4_SPREAD in (t.gate_up.fmt, t.down.fmt):
         return dataclasses.replace(cfg, block_k=e2m1_spread.CHUNK)
     return cfg
+
+
+FRAG_BLOCK_M = (16, 32, 64)   # the row blocks the Gluon kernel is built for
+
+
+
+def _frag_gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool, top_k: int, limit: float,
+               alpha: float, cfg: MoeConfig, k_split: int) -> None:
+    """The grouped GEMM on nvfp4_frag storage: `plugins.moe.gluon_frag` (Hopper, bf16 activations)."""
+    if a.dtype != torch.bfloat16 or cfg.block_m not in FRAG_BLOCK_M or not e2m1_frag.frag_available(a.device):
+        raise ValueError(f"moe: nvfp4_frag experts run on Hopper (sm_90) with bfloat16 activations and block_m in "
+                         f"{FRAG_BLOCK_M}, got {a.dtype} on {a.device} (block_m={cfg.block_m}); store them as "
+                         "nvfp4_spread (k_major(spread=True); TensorRT-LLM: TRTKIT_MOE_STORAGE=spread)")
+    from plugins.moe import gluon_frag  # GPU only (frag_available imported it)
+
+    sorted_ids, block_expert, total = sorting
+    n_out, k = proj.out_features, proj.in_features
+    splits = triton.cdiv(k, k_split)
+    gs = proj.global_scale.reshape(1).to(torch.float32)
+    grid = (block_expert.numel(), n_out // e2m1_frag.ROWS, splits)
+    gluon_frag.frag_gemm_kernel[grid](
+        a, proj.weight, proj.scale.view(torch.uint8), gs, bias, out, sorted_ids, block_expert, total,
+        nk, k, n_out, k_split, a.stride(0), proj.weight.stride(0), proj.scale.stride(0), bias.stride(0),
+        out.stride(-2), out.stride(0) if splits > 1 else 0, limit, alpha, GATE_UP=gate_up, TOP_K=top_k,
+        **gluon_frag.launch_constexprs(cfg.block_m, cfg.num_stages), num_warps=gluon_frag.WARPS)
 
 
 def _small_blocks(device: torch.device) -> tuple[int, int, int]:
@@ -153,6 +182,8 @@ def _split_k(cfg: MoeConfig, programs: int, k: int, device: torch.device) -> tup
 
 def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool, top_k: int,
           limit: float, alpha: float, cfg: MoeConfig, dtype: torch.dtype, k_split: int) -> None:
+    if proj.fmt is WeightFormat.NVFP4_FRAG:
+        return _frag_gemm(a, proj, bias, out, sorting, nk, gate_up, top_k, limit, alpha, cfg, k_split)
     sorted_ids, block_expert, total = sorting
     w, s, gs, swe, swk, swn, sse, ssk, ssn = _weight_args(proj)
     fmt, group = _FMT[proj.fmt]
@@ -216,7 +247,7 @@ def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, 
     if n == 0:  # no tokens: nothing to route (the kernels need at least one row)
         return torch.empty_like(x)
     nk = n * top_k
-    spread = t.gate_up.fmt is WeightFormat.NVFP4_SPREAD
+    spread = t.gate_up.fmt is WeightFormat.NVFP4_SPREAD  # (nvfp4_frag: the K-major table's tiles fit it best)
     cfg = config_for(config or default_config(nk, t.gate_up.num_experts, x.device, spread), t)
     weights, _, sorting = route_and_sort(logits, top_k, cfg.block_m)
     i = t.down.in_features

@@ -8,10 +8,12 @@ A projection is (format, weight, scale, global_scale) in the checkpoint's own la
 | `mxfp4` | u8 [E, out, in/32, 16] (blocks) | u8 E8M0 [E, out, in/32] | - |
 | `nvfp4` | u8 [E, in/2, out] (packed, input-major) | float8_e4m3fn [E, in/16, out] | f32 0-d |
 | `nvfp4_spread` | u8 [E, in/2, out] contiguous: the bytes of `nvfp4` reordered (`plugins.moe.e2m1_spread`) | float8_e4m3fn [E, in/16, out] likewise | as `nvfp4` |
+| `nvfp4_frag` | u8 [E, in/2, out] contiguous: reordered for the Gluon kernel (`plugins.moe.e2m1_frag`) | as `nvfp4_spread` | as `nvfp4` |
 
 `nvfp4_spread` is the kernel's own storage (`ProjectionTensors.k_major(spread=True)`), never a checkpoint's: its
 tensors have the `nvfp4` shapes, but their bytes are in the kernel's order, chunk-major across output rows,
 so they are read only through `to_experts` (`e2m1_spread.load_codes`, `load_scales`) or by the kernel.
+`nvfp4_frag` (`k_major(frag=True)`) likewise, for the Hopper Gluon GEMM (`plugins.moe.gluon_frag`).
 
 `reference_moe_from_logits` is the plain-torch MoE given router logits (what the op receives); it runs
 the same steps as `plugins.moe.reference.moe` after its router matmul, so both agree bit for bit.
@@ -28,7 +30,7 @@ import torch
 from plugins.checks import check_one_device
 from plugins.formats.mxfp4 import MXFP4_BLOCK, MXFP4_BLOCK_BYTES
 from plugins.formats.nvfp4 import NVFP4_BLOCK
-from plugins.moe import e2m1_spread
+from plugins.moe import e2m1_frag, e2m1_spread
 from plugins.moe.experts import Bf16Experts, ExpertProjection, ExpertWeights, Mxfp4Experts, Nvfp4Experts
 from plugins.moe.reference import expert_mlp
 
@@ -38,9 +40,11 @@ class WeightFormat(str, Enum):
     MXFP4 = "mxfp4"
     NVFP4 = "nvfp4"
     NVFP4_SPREAD = "nvfp4_spread"  # NVFP4 stored in the kernel's own order (`e2m1_spread`)
+    NVFP4_FRAG = "nvfp4_frag"      # NVFP4 stored in the Gluon kernel's operand order (`e2m1_frag`)
 
 
-_NVFP4_FORMATS = (WeightFormat.NVFP4, WeightFormat.NVFP4_SPREAD)
+_NVFP4_FORMATS = (WeightFormat.NVFP4, WeightFormat.NVFP4_SPREAD, WeightFormat.NVFP4_FRAG)
+_KERNEL_ORDER = (WeightFormat.NVFP4_SPREAD, WeightFormat.NVFP4_FRAG)  # the kernels' own storages
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ _LAYOUTS = {
                                 scale_dtype=torch.uint8, scale_in_first=False),
     WeightFormat.NVFP4: _Layout(**_NVFP4_LAYOUT),
     WeightFormat.NVFP4_SPREAD: _Layout(**_NVFP4_LAYOUT, multiple=e2m1_spread.TAIL),
+    WeightFormat.NVFP4_FRAG: _Layout(**_NVFP4_LAYOUT, multiple=e2m1_frag.TAIL),
 }
 
 
@@ -128,16 +133,19 @@ class ProjectionTensors:
         if self.in_features % layout.in_multiple:
             raise ValueError(f"{what}: {self.in_features} inputs must be a multiple of {layout.in_multiple}"
                              + ("; keep such a layer in nvfp4 (k_major(spread=False))"
-                                if fmt is WeightFormat.NVFP4_SPREAD else ""))
+                                if fmt in _KERNEL_ORDER else ""))
+        if fmt is WeightFormat.NVFP4_FRAG and self.out_features % e2m1_frag.ROWS:
+            raise ValueError(f"{what}: {self.out_features} outputs must be a multiple of {e2m1_frag.ROWS}; keep "
+                             "such a layer in nvfp4_spread (k_major(spread=True))")
         if s is not None and (s.dtype != layout.scale_dtype or tuple(s.shape) != self.scale_shape):
             raise ValueError(f"{what}: scale must be {layout.scale_dtype} {layout.scale} = {self.scale_shape}, "
                              f"got {s.dtype} {tuple(s.shape)}")
         if gs is not None and (gs.dtype != torch.float32 or gs.numel() != 1):
             raise ValueError(f"{what}: global_scale must be a torch.float32 scalar, got {gs.dtype} "
                              f"{tuple(gs.shape)}")
-        if fmt is WeightFormat.NVFP4_SPREAD and not (w.is_contiguous() and s.is_contiguous()):
+        if fmt in _KERNEL_ORDER and not (w.is_contiguous() and s.is_contiguous()):
             raise ValueError(f"{what}: weight and scale must be contiguous (the chunk-major storage "
-                             "`k_major(spread=True)` writes)")
+                             "`k_major(spread=True)` or `k_major(frag=True)` writes)")
         check_one_device(what, {"weight": w, "scale": s, "global_scale": gs})
 
     @property
@@ -167,7 +175,7 @@ class ProjectionTensors:
         """Bytes of weights and block scales (what a weight-streaming kernel must read)."""
         return sum(t.numel() * t.element_size() for t in (self.weight, self.scale) if t is not None)
 
-    def k_major(self, spread: bool = False) -> ProjectionTensors:
+    def k_major(self, spread: bool = False, frag: bool = False) -> ProjectionTensors:
         """The same logical tensors stored input-fastest, each output row starting on a 16-byte boundary
         (a one-time copy; tensors already so stored are kept). The kernels accept any strides; with
         this storage each thread's bytes are adjacent along the input axis (the layout the tensor-core
@@ -175,12 +183,18 @@ class ProjectionTensors:
         spread (NVFP4): the kernel's own storage instead (`nvfp4_spread`: [E, in/x, out] contiguous tensors,
         codes and block scales reordered along the input axis and chunk-major across output rows; a 40%
         shorter K loop on sm_90 with bf16 activations and contiguous weight tiles, same results; H and I
-        multiples of 64; see `plugins.moe.e2m1_spread`). Spread storage is kept as it is."""
-        if self.fmt in (WeightFormat.BF16, WeightFormat.NVFP4_SPREAD):
+        multiples of 64; see `plugins.moe.e2m1_spread`). frag (NVFP4): the Hopper Gluon kernel's storage
+        (`nvfp4_frag`, `plugins.moe.e2m1_frag`; outputs a multiple of 64 too). The kernels' own storages are
+        kept as they are."""
+        if self.fmt in (WeightFormat.BF16, *_KERNEL_ORDER):
             return self
         if self.fmt is WeightFormat.MXFP4:
             return ProjectionTensors(self.fmt, self.weight, aligned_rows(self.scale))
         fmt, weight, scale = self.fmt, self.weight, self.scale
+        if frag and fmt is WeightFormat.NVFP4:
+            e2m1_spread.check_global_scale(float(self.global_scale), "nvfp4 projection: global_scale")
+            return ProjectionTensors(WeightFormat.NVFP4_FRAG, e2m1_frag.store_codes(weight.mT),
+                                     e2m1_frag.store_scales(scale.mT), self.global_scale)
         if spread and fmt is WeightFormat.NVFP4:
             e2m1_spread.check_global_scale(float(self.global_scale), "nvfp4 projection: global_scale")
             return ProjectionTensors(WeightFormat.NVFP4_SPREAD, e2m1_spread.store_codes(weight.mT),
@@ -194,6 +208,9 @@ class ProjectionTensors:
             return Mxfp4Experts(self.weight, self.scale)
         if self.fmt is WeightFormat.NVFP4_SPREAD:
             return Nvfp4Experts(e2m1_spread.load_codes(self.weight).mT, e2m1_spread.load_scales(self.scale).mT,
+                                self.global_scale)
+        if self.fmt is WeightFormat.NVFP4_FRAG:
+            return Nvfp4Experts(e2m1_frag.load_codes(self.weight).mT, e2m1_frag.load_scales(self.scale).mT,
                                 self.global_scale)
         return Nvfp4Experts(self.weight, self.scale, self.global_scale)
 
@@ -239,8 +256,8 @@ class MoeTensors:
         return cls(ProjectionTensors.from_experts(w.gate_up), w.gate_up_bias,
                    ProjectionTensors.from_experts(w.down), w.down_bias)
 
-    def k_major(self, spread: bool = False) -> MoeTensors:
-        return MoeTensors(self.gate_up.k_major(spread), self.gate_up_bias, self.down.k_major(spread),
+    def k_major(self, spread: bool = False, frag: bool = False) -> MoeTensors:
+        return MoeTensors(self.gate_up.k_major(spread, frag), self.gate_up_bias, self.down.k_major(spread, frag),
                           self.down_bias)
 
     def to_weights(self) -> ExpertWeights:

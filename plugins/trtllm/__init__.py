@@ -18,8 +18,12 @@ TensorRT-LLM's `tools/importlib_utils.py`, `executor/proxy.py`, `executor/worker
 PACKAGE = "trtllm_gptoss"
 MODULE_DIR = "plugins/trtllm/" + PACKAGE       # --custom_module_dirs
 PYTHONPATH = (".", "plugins/trtllm")           # sys.path entries for the server and its workers
-STORAGE_ENV = "TRTKIT_MOE_STORAGE"             # expert storage of the MoE module: spread | kmajor
-STORAGES = ("spread", "kmajor")                # the first is the default (faster on H100: BENCHMARKS.md)
+STORAGE_ENV = "TRTKIT_MOE_STORAGE"             # expert storage of the MoE module: auto | frag | spread | kmajor
+# the first is the default: auto = frag (the Gluon kernel) on Hopper with a Triton that has Gluon, else spread
+# (fastest first on H100: BENCHMARKS.md)
+STORAGES = ("auto", "frag", "spread", "kmajor")
+# TrtkitMoE's (spread, frag) arguments by storage (None: its own choice)
+STORAGE_ARGS = {"auto": (None, None), "frag": (True, True), "spread": (True, False), "kmajor": (False, False)}
 
 
 def pythonpath(root: str) -> list[str]:

@@ -15,7 +15,7 @@ from tensorrt_llm._torch.models import modeling_gpt_oss
 from tensorrt_llm._torch.models.modeling_utils import register_auto_model
 
 from plugins.moe_layer import TrtkitMoE
-from plugins.trtllm import STORAGE_ENV, STORAGES
+from plugins.trtllm import STORAGE_ARGS, STORAGE_ENV, STORAGES
 
 # checkpoint quant_algo values whose experts TrtkitMoE serves (TensorRT-LLM's QuantAlgo names: a Model
 # Optimizer NVFP4 export says NVFP4; W4A16_NVFP4 is the weight-only name of the same tensors)
@@ -29,13 +29,14 @@ def _experts_factory(**moe_params) -> TrtkitMoE:
     if mapping.world_size != 1:
         raise ValueError(f"trtkit MoE plugin: one GPU per model instance (world size {mapping.world_size}); "
                          "serve more replicas, or drop --custom_module_dirs to use TensorRT-LLM's MoE")
-    storage = os.environ.get(STORAGE_ENV)  # unset: TrtkitMoE's default (spread where the sizes allow it)
-    if storage not in (None, *STORAGES):
+    storage = os.environ.get(STORAGE_ENV, STORAGES[0])  # auto: TrtkitMoE's choice (frag on Hopper, else spread)
+    if storage not in STORAGES:
         raise ValueError(f"{STORAGE_ENV}={storage!r} must be one of {STORAGES}")
+    spread, frag = STORAGE_ARGS[storage]
     return TrtkitMoE(moe_params["num_experts"], moe_params["hidden_size"], moe_params["intermediate_size"],
                      cfg.num_experts_per_tok, float(getattr(cfg, "swiglu_limit", 7.0)),
                      float(getattr(cfg, "swiglu_alpha", 1.702)),
-                     spread=None if storage is None else storage == "spread")
+                     spread=spread, frag=frag)
 
 
 @contextmanager
