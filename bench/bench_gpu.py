@@ -9,6 +9,7 @@
              1/8/32/128, gpt-oss-120b and -20b layer shapes: weight bytes of the experts actually routed to
              / time, as a fraction of the copy bandwidth; speed-up over "dequantize to BF16 then torch
              matmul" (the plugins.moe reference on the GPU); plus the checkpoint's N-major storage
+  gate-up-split  frag storage: the gate_up projection split over K at batch 1-8, by fused.FRAG_GATE_UP_FILL
   route      the routing-and-sorting program alone, by its warps
   access     the MoE GEMM's weight reads alone, as stored row by row vs each K step's tile contiguous
   parts      the spread GEMM's K loop part by part (reads, + activation tiles, + decode, whole step)
@@ -452,6 +453,26 @@ def bench_moe(copy_gb_s: float, g: torch.Generator, results: dict, save, storage
     results["config"] = " / ".join(map(str, cfgs))
 
 
+def bench_gate_up_split(copy_gb_s: float, g: torch.Generator, fills=(0, 4, 8, 16, 32)) -> list[dict]:
+    """The frag storage's gate_up split over K at small batches, by `fused.FRAG_GATE_UP_FILL` (programs per SM
+    it splits up to; 0: never): MoE rows (DECODE_CONFIG) at batch 1, 2, 4, 8 on both shapes, same run."""
+    rows, default = [], moe_fused.FRAG_GATE_UP_FILL
+    try:
+        for shape, e in SHAPES.items():
+            layers = [random_layer(e, HIDDEN, INTER, "nvfp4", g).k_major(frag=True) for _ in range(2 if e == 128 else 6)]
+            for n, fill in itertools.product((1, 2, 4, 8), fills):
+                moe_fused.FRAG_GATE_UP_FILL = fill
+                row = moe_row(shape, layers, n, (moe_fused.DECODE_CONFIG,), copy_gb_s, g, baseline=False, prev=False)
+                rows.append({**row, "gate_up_fill": fill})
+                print(f"  gate-up split {shape} batch {n} fill {fill}: {row['us_graph']} us ({row['frac_copy_bw']})",
+                      flush=True)
+            layers.clear()
+            torch.cuda.empty_cache()
+    finally:
+        moe_fused.FRAG_GATE_UP_FILL = default
+    return rows
+
+
 def bench_route(g: torch.Generator, calls: int = 20) -> list[dict]:
     """route_and_sort alone at decode batches (gpt-oss-120b's 128 experts, one program), by the warps of
     that program (`fused.ROUTE_WARPS` picks them by pairs): us per call, from a CUDA graph of `calls` calls."""
@@ -700,7 +721,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the results here as JSON")
     ap.add_argument("--only", default="check,moe,attention",
-                    help="comma list of check, check-moe (MoE cases only), moe, route, access, parts, attention")
+                    help="comma list of check, check-moe (MoE cases only), moe, gate-up-split, route, access, parts, "
+                         "attention")
     ap.add_argument("--quick", action="store_true",
                     help="MoE sweep over the previous table's configs and the swap_ab ones only")
     ap.add_argument("--no-sweep", action="store_true",
@@ -732,6 +754,9 @@ def main() -> None:
     if "moe" in todo:
         r["moe"] = {}
         bench_moe(r["ceilings"]["copy_gb_s"], g, r["moe"], save, args.storage.split(","))
+        save()
+    if "gate-up-split" in todo and gluon_available():
+        r["gate_up_split"] = bench_gate_up_split(r["ceilings"]["copy_gb_s"], g)
         save()
     if "route" in todo:
         r["route"] = bench_route(g)

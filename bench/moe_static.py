@@ -187,7 +187,8 @@ def _compile_frag_child() -> None:
     ptrs = {"a_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "gs_ptr": "*fp32", "bias_ptr": "*bf16",
             "out_ptr": "*bf16" if req["gate_up"] else "*fp32", "sorted_ptr": "*i32", "block_expert_ptr": "*i32",
             "total_ptr": "*i32"}
-    consts = dict(gluon_frag.launch_constexprs(req["block_m"], req["stages"]), GATE_UP=req["gate_up"], TOP_K=TOP_K)
+    consts = dict(gluon_frag.launch_constexprs(req["block_m"], req["stages"]), GATE_UP=req["gate_up"],
+                  SWIGLU=req["gate_up"], TOP_K=TOP_K)
     sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32" if n in ints else "fp32") for n in fn.arg_names}
     # what Triton's launcher marks on gpt-oss launches: aligned pointers, sizes and strides divisible by 16
     aligned = set(ptrs) | {"K", "N", "k_split", "stride_am", "stride_we", "stride_se", "stride_be", "stride_om"}

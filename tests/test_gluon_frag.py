@@ -56,3 +56,27 @@ def test_frag_experts_off_hopper_fail_with_the_fix():
     x = torch.randn(3, 128).to(torch.bfloat16)
     with pytest.raises(ValueError, match="nvfp4_frag experts run on Hopper.*TRTKIT_MOE_STORAGE=spread"):
         fused.fused_moe(x, torch.randn(3, 2), t, 1)
+
+
+def test_swiglu_over_gate_up_splits_matches_torch():
+    """`_swiglu_splits_kernel` (Triton's interpreter here): the SwiGLU of the split partial sums, at the sorted rows,
+    padding rows untouched; as the one-split epilogue computes it (float32, clamps, then the output dtype)."""
+    import torch
+    import triton
+
+    from plugins.moe import triton_kernels as K
+
+    g = torch.Generator().manual_seed(0)
+    splits, nk, i, limit, alpha = 3, 5, 96, 7.0, 1.702
+    y = torch.randn(splits, nk, 2 * i, generator=g) * 6
+    sorted_ids = torch.tensor([3, 0, nk, nk, 4, 1, 2, nk], dtype=torch.int32)   # two experts' padded blocks
+    act = torch.full((sorted_ids.numel(), i), -99.0).to(torch.bfloat16)
+    K._swiglu_splits_kernel[(triton.cdiv(sorted_ids.numel(), 4), triton.cdiv(i, 64))](
+        y, sorted_ids, act, nk, i, sorted_ids.numel(), y.stride(0), act.stride(0), limit, alpha, SPLITS=splits,
+        BLOCK_R=4, BLOCK_C=64)
+    s = y.sum(0)
+    gate, up = s[:, 0::2].clamp(max=limit), s[:, 1::2].clamp(-limit, limit)
+    want = ((up + 1) * gate * torch.sigmoid(gate * alpha)).to(torch.bfloat16)
+    for r, f in enumerate(sorted_ids.tolist()):
+        expect = want[f] if f < nk else torch.full((i,), -99.0).to(torch.bfloat16)
+        assert torch.allclose(act[r].float(), expect.float(), rtol=1e-2, atol=1e-2), (r, f)

@@ -116,6 +116,8 @@ def config_for(cfg: MoeConfig, t: MoeTensors) -> MoeConfig:
 
 
 FRAG_BLOCK_M = (16, 32, 64)   # the row blocks the Gluon kernel is built for
+SWIGLU_SPLIT_BLOCKS = (16, 256)  # (rows, columns) a program of `_swiglu_splits_kernel`
+FRAG_GATE_UP_FILL = 8            # nvfp4_frag gate_up: split K until this many programs per SM (0: never split)
 
 
 
@@ -136,7 +138,8 @@ def _frag_gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up:
     gluon_frag.frag_gemm_kernel[grid](
         a, proj.weight, proj.scale.view(torch.uint8), gs, bias, out, sorted_ids, block_expert, total,
         nk, k, n_out, k_split, a.stride(0), proj.weight.stride(0), proj.scale.stride(0), bias.stride(0),
-        out.stride(-2), out.stride(0) if splits > 1 else 0, limit, alpha, GATE_UP=gate_up, TOP_K=top_k,
+        out.stride(-2), out.stride(0) if splits > 1 else 0, limit, alpha, GATE_UP=gate_up,
+        SWIGLU=gate_up and splits == 1, TOP_K=top_k,
         **gluon_frag.launch_constexprs(cfg.block_m, cfg.num_stages), num_warps=gluon_frag.WARPS)
 
 
@@ -205,6 +208,29 @@ def _gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
+def _gate_up(x, t: MoeTensors, act, sorting, nk: int, top_k: int, limit: float, alpha: float, cfg: MoeConfig) -> None:
+    """act[sorted row] = SwiGLU(x[token] @ gate_up + bias). nvfp4_frag with too few programs to fill the GPU
+    (a few tokens: one wave of 64-row tiles, each a chain of dependent K steps) splits the input dimension
+    as the down projection does (FRAG_GATE_UP_FILL programs per SM; 0: never) and finishes with
+    `_swiglu_splits_kernel`."""
+    h = t.gate_up.in_features
+    splits, k_split = 1, h
+    if t.gate_up.fmt is WeightFormat.NVFP4_FRAG and FRAG_GATE_UP_FILL:
+        splits, k_split = _split_k(dataclasses.replace(cfg, split_k=None, split_fill=FRAG_GATE_UP_FILL),
+                                   sorting[1].numel() * (t.gate_up.out_features // e2m1_frag.ROWS), h, x.device)
+    if splits == 1:
+        _gemm(x, t.gate_up, t.gate_up_bias.contiguous(), act, sorting, nk, True, top_k, limit, alpha, cfg, x.dtype, h)
+        return
+    i = t.down.in_features
+    y = torch.empty(splits, nk, 2 * i, dtype=torch.float32, device=x.device)
+    _gemm(x, t.gate_up, t.gate_up_bias.contiguous(), y, sorting, nk, True, top_k, limit, alpha, cfg, x.dtype, k_split)
+    rows, cols = SWIGLU_SPLIT_BLOCKS
+    p = sorting[0].numel()
+    K._swiglu_splits_kernel[(triton.cdiv(p, rows), triton.cdiv(i, cols))](
+        y, sorting[0], act, nk, i, p, y.stride(0), act.stride(0), limit, alpha, SPLITS=splits, BLOCK_R=rows,
+        BLOCK_C=cols)
+
+
 def route_and_sort(logits: torch.Tensor, top_k: int, block_m: int):
     """logits [N, E] -> (weights f32 [N, k], ids i32 [N, k], (sorted i32 [P], block_expert i32 [B],
     total i32 [1])). P = B * block_m is an upper bound on the padded length, known without a sync.
@@ -252,8 +278,7 @@ def fused_moe(x: torch.Tensor, logits: torch.Tensor, t: MoeTensors, top_k: int, 
     weights, _, sorting = route_and_sort(logits, top_k, cfg.block_m)
     i = t.down.in_features
     act = torch.empty(sorting[0].numel(), i, dtype=x.dtype, device=x.device)
-    _gemm(x, t.gate_up, t.gate_up_bias.contiguous(), act, sorting, nk, True, top_k, limit, alpha, cfg,
-          x.dtype, t.gate_up.in_features)
+    _gate_up(x, t, act, sorting, nk, top_k, limit, alpha, cfg)
     splits, k_split = _split_k(cfg, sorting[1].numel() * triton.cdiv(h, cfg.block_n), i, x.device)
     y = torch.empty(splits, nk, h, dtype=torch.float32, device=x.device)
     _gemm(act, t.down, t.down_bias.contiguous(), y, sorting, nk, False, top_k, limit, alpha, cfg, x.dtype,

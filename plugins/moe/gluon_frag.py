@@ -202,14 +202,18 @@ def _tile_ptrs(w_e, s_e, a_row, t, k0, N, H: gl.constexpr, ACT: gl.constexpr, W_
 def frag_gemm_kernel(
         a_ptr, w_ptr, s_ptr, gs_ptr, bias_ptr, out_ptr, sorted_ptr, block_expert_ptr, total_ptr,
         NK, K, N, k_split, stride_am, stride_we, stride_se, stride_be, stride_om, stride_os, limit, alpha,
-        GATE_UP: gl.constexpr, TOP_K: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+        GATE_UP: gl.constexpr, SWIGLU: gl.constexpr, TOP_K: gl.constexpr, BLOCK_M: gl.constexpr,
+        STAGES: gl.constexpr,
         MMA: gl.constexpr, EPI: gl.constexpr, EPI2: gl.constexpr,
         FLAT: gl.constexpr, L3: gl.constexpr, L4: gl.constexpr, SC: gl.constexpr, A_OP: gl.constexpr,
         ACT: gl.constexpr, ACT_SMEM: gl.constexpr, W_COPY: gl.constexpr, S_COPY: gl.constexpr,
         T_FLAT: gl.constexpr, T_L3: gl.constexpr, T_L4: gl.constexpr, T_SC: gl.constexpr, T_A_OP: gl.constexpr,
         T_ACT: gl.constexpr, T_ACT_SMEM: gl.constexpr, T_W_COPY: gl.constexpr, T_S_COPY: gl.constexpr):
     """One BLOCK_M block of sorted rows times output rows [64 t, 64 t + 64) of its expert's weight, over input
-    rows [k_split * program_id(2), + k_split) (semantics of `triton_kernels._expert_gemm_kernel`, swap_ab)."""
+    rows [k_split * program_id(2), + k_split) (semantics of `triton_kernels._expert_gemm_kernel`, swap_ab).
+    SWIGLU (gate_up in one split): the SwiGLU outputs, stored at the sorted row; else the float32 partial
+    product of this split at row `flat` of slice program_id(2) (down; gate_up split over K for few tokens,
+    finished by `triton_kernels._swiglu_splits_kernel`)."""
     pid_m = gl.program_id(0)
     if pid_m * BLOCK_M < gl.load(total_ptr):
         expert = gl.load(block_expert_ptr + pid_m).to(gl.int64)
@@ -270,7 +274,7 @@ def frag_gemm_kernel(
         n = t * 64 + gl.arange(0, 64, layout=gl.SliceLayout(0, EPI))
         bias = gl.load(bias_ptr + expert * stride_be + n, mask=(n < N) & (split == 0), other=0.0)
         acc = acc + bias.to(gl.float32)[None, :]
-        if GATE_UP:
+        if SWIGLU:
             gate, up = gl.split(gl.reshape(acc, [BLOCK_M, 32, 2]))
             gate = gl.minimum(gate, limit)
             up = gl.minimum(gl.maximum(up, -limit), limit)

@@ -333,6 +333,28 @@ def _expert_gemm_kernel(
 
 
 @triton.jit
+def _swiglu_splits_kernel(y_ptr, sorted_ptr, out_ptr, NK, INTER, P, stride_ys, stride_om, limit, alpha,
+                          SPLITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """gate_up split over K (`plugins.moe.gluon_frag`, few tokens): out[r, c] = SwiGLU of the sum over splits
+    of y[s, flat, 2c] (gate) and y[s, flat, 2c + 1] (up), flat = sorted[r] (bias already in split 0), in the
+    output dtype; rows of padding are left alone, as the one-split kernel leaves them."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    flat = tl.load(sorted_ptr + r, mask=r < P, other=NK)
+    mask = (flat < NK)[:, None] & (c < INTER)[None, :]
+    base = y_ptr + tl.where(flat < NK, flat, 0).to(tl.int64)[:, None] * (2 * INTER) + 2 * c[None, :]
+    gate = tl.zeros((BLOCK_R, BLOCK_C), tl.float32)
+    up = tl.zeros((BLOCK_R, BLOCK_C), tl.float32)
+    for s in tl.static_range(SPLITS):
+        gate += tl.load(base + s * stride_ys, mask=mask, other=0.0)
+        up += tl.load(base + s * stride_ys + 1, mask=mask, other=0.0)
+    gate = tl.minimum(gate, limit)
+    up = tl.minimum(tl.maximum(up, -limit), limit)
+    act = (up + 1.0) * (gate * tl.sigmoid(gate * alpha))
+    tl.store(out_ptr + r.to(tl.int64)[:, None] * stride_om + c[None, :], act.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _combine_kernel(y_ptr, w_ptr, out_ptr, N, NK, H, stride_om, TOP_K: tl.constexpr, SPLIT_K: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
     """out[t] = sum_s w[t, s] * sum_p y[p, t*k + s], in float32, then the output dtype."""
