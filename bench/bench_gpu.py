@@ -437,6 +437,13 @@ def bench_moe(copy_gb_s: float, g: torch.Generator, results: dict, save, storage
             save()
         spread.clear()
         frag = [t.k_major(frag=True) for t in layers] if "frag" in storages and gluon_available() else []
+        if frag and shape == "gpt-oss-120b":  # diagnostics only, as above
+            try:
+                results["frag_kernel_us_per_layer"] = {n: kernel_breakdown(frag, n, moe_fused.DECODE_CONFIG, g)
+                                                       for n in (1, 32)}
+            except Exception as exc:  # noqa: BLE001
+                results["frag_kernel_us_per_layer"] = f"profiler failed: {exc!r}"
+            print(f"  moe kernels, frag storage (us per layer) {results['frag_kernel_us_per_layer']}", flush=True)
         for n in (1, 8, 32, 128) if frag else ():  # the Gluon kernel on the same weights
             row = {**moe_row(shape, frag, n, FRAG_CONFIGS[:1], copy_gb_s, g, baseline=False, extra=FRAG_CONFIGS,
                              prev=False), "storage": "frag"}
