@@ -47,6 +47,12 @@ def tile_bits(h: int) -> tuple[tuple[str, int], ...]:
     return regs + lanes + ((("j", 32),) if h == 64 else ()) + (("n", 16), ("n", 32))
 
 
+def thread_bits(h: int) -> tuple[list[int], list[int], list[int]]:
+    """Which address bits of a tile (`tile_bits(h)`) index a thread's registers, its lane and its warp."""
+    n = len(tile_bits(h))
+    return [0, 1, 2, 3] + ([9] if h == 64 else []), list(range(4, 9)), [n - 2, n - 1]
+
+
 def _tile_index(h: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, input position) of every byte address of a tile, [64 * h] each."""
     a = torch.arange(ROWS * h)

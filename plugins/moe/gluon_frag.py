@@ -72,26 +72,20 @@ class TileLayouts:
 
     def _derived(self, split, shape: list[int]) -> gl.DistributedLinearLayout:
         """The operand A layout with each (row, input) basis mapped through split into `shape`'s dims."""
-        bits = e2m1_frag.tile_bits(self.h)
-        c = [split(v, 0) if axis == "n" else split(0, v) for axis, v in bits]
-        regs = [0, 1, 2, 3] + ([9] if self.h == 64 else [])
-        return gl.DistributedLinearLayout([c[i] for i in regs], c[4:9], c[-2:], [], shape)
+        c = [split(v, 0) if axis == "n" else split(0, v) for axis, v in e2m1_frag.tile_bits(self.h)]
+        regs, lanes, warps = e2m1_frag.thread_bits(self.h)
+        return gl.DistributedLinearLayout([c[i] for i in regs], [c[i] for i in lanes], [c[i] for i in warps], [],
+                                          shape)
 
     @property
     def flat(self) -> gl.DistributedLinearLayout:
         """The tile's bytes as stored, [64 * h]: 16 consecutive bytes a thread (plus 16 more at +512, h = 64)."""
-        n = len(e2m1_frag.tile_bits(self.h))
-        regs = [0, 1, 2, 3] + ([9] if self.h == 64 else [])
-        return gl.DistributedLinearLayout([[1 << i] for i in regs], [[1 << i] for i in range(4, 9)],
-                                          [[1 << (n - 2)], [1 << (n - 1)]], [], [64 * self.h])
-
-    @property
-    def bit_shape(self) -> tuple[int, ...]:
-        return (2,) * len(e2m1_frag.tile_bits(self.h))
+        regs, lanes, warps = ([[1 << i] for i in bits] for bits in e2m1_frag.thread_bits(self.h))
+        return gl.DistributedLinearLayout(regs, lanes, warps, [], [64 * self.h])
 
     @property
     def perm(self) -> tuple[int, ...]:
-        """Dims of the tile's bytes viewed as `bit_shape` (dim d = address bit B-1-d) -> (rows high to low,
+        """Dims of the tile's bytes viewed as [2] * bits (dim d = address bit B-1-d) -> (rows high to low,
         input positions high to low), so a reshape gives [64, h/16, 16]."""
         bits = e2m1_frag.tile_bits(self.h)
         order = sorted(range(len(bits)), key=lambda b: (bits[b][0] != "n", -bits[b][1]))
