@@ -123,10 +123,10 @@ class TrtkitMoE(torch.nn.Module):
                     if suffix == "_weight_scale":
                         _check_no_nan_scale(src, key)
                     if self.spread:  # the kernel's storage, an expert at a time
-                        store = (e2m1_frag if self.frag else e2m1_spread).store_codes if suffix == "" else \
-                            (e2m1_frag if self.frag else e2m1_spread).store_scales
+                        storage = e2m1_frag if self.frag else e2m1_spread
+                        store = storage.store_codes if suffix == "" else storage.store_scales
                         for e in range(src.shape[0]):
-                            p.data[e].copy_(store(src[e][None])[0] if self.frag else store(src[e]))
+                            p.data[e].copy_(store(src[e]))
                     else:
                         p.data[..., :src.shape[-1]].copy_(src)
                 else:

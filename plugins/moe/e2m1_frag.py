@@ -68,8 +68,8 @@ def _tile_index(h: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check(codes: torch.Tensor) -> None:
-    if codes.dtype != torch.uint8 or codes.dim() < 2 or (2 * codes.shape[-1]) % TAIL or codes.shape[-2] % ROWS:
-        raise ValueError(f"e2m1_frag: needs uint8 codes [..., out, in/2] with out a multiple of {ROWS} and in of "
+    if codes.dtype != torch.uint8 or codes.dim() not in (2, 3) or (2 * codes.shape[-1]) % TAIL or codes.shape[-2] % ROWS:
+        raise ValueError(f"e2m1_frag: needs uint8 codes [E, out, in/2] or [out, in/2] with out a multiple of {ROWS} and in of "
                          f"{TAIL}, got {codes.dtype} {tuple(codes.shape)}; keep such a layer in nvfp4_spread "
                          "(TRTKIT_MOE_STORAGE=spread)")
 
@@ -132,9 +132,12 @@ def _expert_load(stored: torch.Tensor, out: int, half_k: int) -> torch.Tensor:
 
 
 def store_codes(codes: torch.Tensor) -> torch.Tensor:
-    """Packed codes in the checkpoint's order [E, out, in/2] -> the storage [E, in/2, out] (contiguous; its
-    bytes as the module docstring says), one expert at a time (gpt-oss-120b's gate_up is 1 GiB a layer)."""
+    """Packed codes in the checkpoint's order [E, out, in/2] (or one expert's [out, in/2]) -> the storage
+    [E, in/2, out] ([in/2, out]; contiguous, bytes as the module docstring says), one expert at a time
+    (gpt-oss-120b's gate_up is 1 GiB a layer)."""
     _check(codes)
+    if codes.dim() == 2:
+        return store_codes(codes[None])[0]
     e, out, half_k = codes.shape
     stored = torch.empty(e, half_k, out, dtype=torch.uint8, device=codes.device)
     for i in range(e):
