@@ -25,16 +25,23 @@ CHUNK = e2m1_spread.CHUNK
 TAIL = e2m1_spread.TAIL
 
 
+GLUON_TRITON = (3, 6)  # the oldest Triton the Gluon kernel was run with (3.6 on the H100; 3.9 compiles it too)
+
+
 def frag_available(device: torch.device) -> bool:
-    """Whether the Gluon GEMM on this storage runs on `device`: Hopper (sm_90) and a Triton with Gluon (its
-    experimental dialect; `plugins.moe.gluon_frag` imports triton only when asked, so this is CPU-safe)."""
+    """Whether the Gluon GEMM on this storage runs on `device`: Hopper (sm_90) and a Triton with Gluon at least
+    GLUON_TRITON (Gluon is experimental and changes between releases; `plugins.moe.gluon_frag` imports triton
+    only when asked, so this is CPU-safe)."""
     if device.type != "cuda":
         return False
     try:
+        import triton
+
         from plugins.moe import gluon_frag
     except ImportError:
         return False
-    return gluon_frag.available(device)
+    release = tuple(int(x) for x in triton.__version__.split(".")[:2] if x.isdigit())
+    return release >= GLUON_TRITON and gluon_frag.available(device)
 
 
 def tile_bits(h: int) -> tuple[tuple[str, int], ...]:

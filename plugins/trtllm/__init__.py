@@ -19,7 +19,7 @@ PACKAGE = "trtllm_gptoss"
 MODULE_DIR = "plugins/trtllm/" + PACKAGE       # --custom_module_dirs
 PYTHONPATH = (".", "plugins/trtllm")           # sys.path entries for the server and its workers
 STORAGE_ENV = "TRTKIT_MOE_STORAGE"             # expert storage of the MoE module: auto | frag | spread | kmajor
-# the first is the default: auto = frag (the Gluon kernel) on Hopper with a Triton that has Gluon, else spread
+# the first is the default: auto = frag (the Gluon kernel) on Hopper with Triton >= 3.6, else spread
 # (fastest first on H100: BENCHMARKS.md)
 STORAGES = ("auto", "frag", "spread", "kmajor")
 # TrtkitMoE's (spread, frag) arguments by storage (None: its own choice)
