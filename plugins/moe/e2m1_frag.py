@@ -16,6 +16,8 @@ program applies unchanged (`DECODE_PTX`, with a scale per row pair)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from plugins.moe import e2m1_spread
@@ -28,6 +30,7 @@ TAIL = e2m1_spread.TAIL
 GLUON_TRITON = (3, 6)  # the oldest Triton the Gluon kernel was run with (3.6 on the H100; 3.9 compiles it too)
 
 
+@functools.cache  # asked on every launch of the frag GEMM
 def frag_available(device: torch.device) -> bool:
     """Whether the Gluon GEMM on this storage runs on `device`: Hopper (sm_90) and a Triton with Gluon at least
     GLUON_TRITON (Gluon is experimental and changes between releases; `plugins.moe.gluon_frag` imports triton

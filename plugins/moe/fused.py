@@ -120,7 +120,6 @@ SWIGLU_SPLIT_BLOCKS = (16, 256)  # (rows, columns) a program of `_swiglu_splits_
 FRAG_GATE_UP_FILL = 8            # nvfp4_frag gate_up: split K until this many programs per SM (0: never split)
 
 
-
 def _frag_gemm(a, proj: ProjectionTensors, bias, out, sorting, nk: int, gate_up: bool, top_k: int, limit: float,
                alpha: float, cfg: MoeConfig, k_split: int) -> None:
     """The grouped GEMM on nvfp4_frag storage: `plugins.moe.gluon_frag` (Hopper, bf16 activations)."""
