@@ -445,8 +445,7 @@ def bench_moe(copy_gb_s: float, g: torch.Generator, results: dict, save, storage
                 results["frag_kernel_us_per_layer"] = f"profiler failed: {exc!r}"
             print(f"  moe kernels, frag storage (us per layer) {results['frag_kernel_us_per_layer']}", flush=True)
         for n in (1, 8, 32, 128) if frag else ():  # the Gluon kernel on the same weights
-            row = {**moe_row(shape, frag, n, FRAG_CONFIGS[:1], copy_gb_s, g, baseline=False, extra=FRAG_CONFIGS,
-                             prev=False), "storage": "frag"}
+            row = {**moe_row(shape, frag, n, FRAG_CONFIGS, copy_gb_s, g, baseline=False, prev=False), "storage": "frag"}
             results.setdefault("frag_rows", []).append(row)
             print(f"  moe frag storage {row}", flush=True)
             save()

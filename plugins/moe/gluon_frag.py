@@ -273,14 +273,13 @@ def frag_gemm_kernel(
             gate = gl.minimum(gate, limit)
             up = gl.minimum(gl.maximum(up, -limit), limit)
             act = gl.convert_layout((up + 1.0) * (gate / (1.0 + gl.exp(-(gate * alpha)))), EPI2)
-            r = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, EPI2))
-            ok = gl.load(sorted_ptr + r) < NK
+            r = gl.convert_layout(rows, gl.SliceLayout(1, EPI2))
+            ok = gl.convert_layout(valid, gl.SliceLayout(1, EPI2))
             c = t * 32 + gl.arange(0, 32, layout=gl.SliceLayout(0, EPI2))
             gl.store(out_ptr + r.to(gl.int64)[:, None] * stride_om + c[None, :], act.to(out_ptr.dtype.element_ty),
                      mask=ok[:, None] & (c < N // 2)[None, :])
         else:
-            r = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, EPI))
-            f = gl.load(sorted_ptr + r)
+            f = gl.convert_layout(flat, gl.SliceLayout(1, EPI))
             row = gl.where(f < NK, f, 0).to(gl.int64)
             gl.store(out_ptr + split * stride_os + row[:, None] * stride_om + n[None, :], acc,
                      mask=(f < NK)[:, None] & (n < N)[None, :])
