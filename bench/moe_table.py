@@ -2,8 +2,8 @@
 
     python bench/moe_table.py build/bench_gpu.json [--storage frag|spread|kmajor] [--json]
 
-Prints the markdown rows for the storage the plugin serves with on Hopper (frag: what `auto`, the default of
-`plugins.trtllm.STORAGES`, picks there) unless --storage says otherwise, the next storage's graph time and
+Prints the markdown rows for the storage the plugin serves with (frag where the run timed it: what `auto`, the default of
+`plugins.trtllm.STORAGES`, picks on Hopper; else spread) unless --storage says otherwise, the next storage's graph time and
 bandwidth fraction beside them (frag: spread's; spread: kmajor's), and
 `TRTKIT_SPEED` recomputed from those rows (`recipes.perf.plugin_speed_prior`, the median of the model's
 prediction over the measured time, the number tests/test_recipes_trtkit.py checks against the table).
@@ -24,7 +24,8 @@ from recipes.perf import plugin_speed_prior  # noqa: E402
 
 ROW_KEYS = {"kmajor": "rows", "spread": "spread_rows", "frag": "frag_rows"}  # bench_gpu's JSON lists, by storage
 OTHER = {"frag": "spread", "spread": "kmajor", "kmajor": "spread"}  # the storage timed beside it in the table
-DEFAULT_STORAGE = "frag"  # what the plugin's default storage (auto) serves with on Hopper
+# what the plugin's default storage (auto) serves with: frag where the run timed it (Hopper with Gluon), else spread
+DEFAULT_STORAGES = ("frag", "spread")
 ROW_FIELDS = ("shape", "batch", "active_experts", "weight_mb", "us_graph", "us_eager", "weight_gb_s", "frac_copy_bw")
 HEADER = ("| shape | batch | experts hit | weight MB | us (graph) | us (eager) | GB/s | of copy BW "
           "| {other} us | {other} of copy BW | baseline us | speed-up (eager) |")
@@ -76,8 +77,9 @@ def table(result: dict, storage: str, gpu: str) -> tuple[list[str], float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result", type=Path, help="bench_gpu.py --out JSON")
-    ap.add_argument("--storage", choices=sorted(ROW_KEYS), default=DEFAULT_STORAGE,
-                    help="the storage the table reports (default: frag, the plugin's default storage on Hopper)")
+    ap.add_argument("--storage", choices=sorted(ROW_KEYS), default=None,
+                    help="the storage the table reports (default: what the plugin serves with: frag where the run "
+                         "timed it, i.e. Hopper with Gluon, else spread)")
     ap.add_argument("--gpu", default=None, help="catalog GPU the prior is fitted on (default: the run's GPU)")
     ap.add_argument("--json", action="store_true", help="print {lines, trtkit_speed} as JSON")
     args = ap.parse_args()
@@ -88,6 +90,8 @@ def main() -> None:
     if not isinstance(result, dict) or not isinstance(result.get("moe"), dict):
         raise SystemExit(f"moe_table: {args.result} holds no 'moe' results; run bench_gpu.py with --only moe")
     gpu = args.gpu or gpu_key(result)
+    if args.storage is None:
+        args.storage = next((st for st in DEFAULT_STORAGES if result["moe"].get(ROW_KEYS[st])), DEFAULT_STORAGES[0])
     lines, prior = table(result, args.storage, gpu)
     c = result.get("ceilings", {})
     if args.json:

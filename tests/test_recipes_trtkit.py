@@ -81,6 +81,15 @@ def test_moe_table_renders_the_rows_and_prior_the_test_reads(tmp_path):
     assert "| spread us |" in run.stdout and "| 4000 |" in run.stdout  # the other storage and the baseline
 
 
+def test_moe_table_reports_spread_when_the_run_has_no_frag_rows(tmp_path):
+    """A GPU without the Gluon kernel (Blackwell, an older Triton) times no frag rows: `make bench-gpu` still prints
+    a table, of the storage the plugin serves with there (spread)."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "moe_table.py"), "--json",
+                          str(bench_json(tmp_path, {"kmajor": 2.0, "spread": 1.0}))],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(run.stdout)["storage"] == "spread"
+
+
 def test_moe_table_fits_the_prior_on_the_gpu_the_run_used(tmp_path):
     """An H200 run is compared with the model's H200 prediction (faster memory), not the H100's."""
     def prior(gpu_name: str) -> float:
