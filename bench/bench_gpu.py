@@ -708,9 +708,10 @@ def print_tables(r: dict) -> None:
         print(f"{m['shape']:14s} {m['batch']:5d} {m['active_experts']:8.1f} {m['weight_mb']:6.1f} "
               f"{m['us_graph']:9.1f} {m['us_eager']:9.1f} {m['weight_gb_s']:6d} {m['frac_copy_bw']:9.3f} "
               f"{m['us_dequant_baseline']:12d} {m['speedup_vs_baseline']:7.1f}")
-    for m in r["moe"].get("spread_rows", []):
+    for m in r["moe"].get("spread_rows", []) + r["moe"].get("frag_rows", []):
         print(f"{m['shape']:14s} {m['batch']:5d} {m['active_experts']:8.1f} {m['weight_mb']:6.1f} "
-              f"{m['us_graph']:9.1f} {m['us_eager']:9.1f} {m['weight_gb_s']:6d} {m['frac_copy_bw']:9.3f}  (spread)")
+              f"{m['us_graph']:9.1f} {m['us_eager']:9.1f} {m['weight_gb_s']:6d} {m['frac_copy_bw']:9.3f}  "
+              f"({m['storage']})")
     a = r["attention"]
     print(f"attention prefill (config {a['config']})")
     print("tokens  window  ms       TFLOP/s  frac_matmul  sdpa_ms  speed_vs_sdpa")
